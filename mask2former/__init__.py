@@ -2,3 +2,6 @@
 from .utils import detectron2_compat
 
 detectron2_compat.apply()
+
+from . import modeling  # noqa: E402,F401  (registers backbones/heads)
+from .config import add_maskformer2_config  # noqa: E402,F401

@@ -1,0 +1,108 @@
+# -*- coding: utf-8 -*-
+"""Config keys of Mask2Former, with the defaults of the official implementation.
+
+The key names and default values are an interface (YAML configs and model-zoo checkpoints depend on
+them), so they follow upstream exactly. Keys that belong to optional components (other backbones,
+custom datasets, ...) are added by functions of their own in this file; `add_maskformer2_config`
+calls them all at its end so callers only need one function.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_maskformer2_config(cfg):
+    """
+    Add the Mask2Former keys to a Detectron2 config (in place).
+
+    Like upstream, `detectron2.projects.deeplab.add_deeplab_config` is expected to have been called
+    first when the deeplab ResNet options (stem type, res5 multi-grid, poly LR) are needed.
+    """
+    # ---- data ----
+    # Dataset mapper used by the training data loader.
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # Random crops are retried until no single semantic category covers more than this fraction.
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # Padding of images and semantic GT done in the dataset mapper (-1: none).
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # Large-scale jitter augmentation (instance/panoptic mappers).
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+
+    # ---- solver ----
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+
+    # ---- model: losses ----
+    cfg.MODEL.MASK_FORMER = CN()
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 20.0
+    # Point-sampled mask losses (PointRend-style importance sampling).
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    # ---- model: transformer ----
+    # NHEADS and DROPOUT are also read by the deformable pixel decoder's encoder.
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 6
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    # Some backbones (e.g. ResNet) report size_divisibility 0; this overrides it.
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+
+    # ---- model: inference ----
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+
+    # ---- model: pixel decoder ----
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    # Part of the upstream schema but never read upstream: the deformable encoder takes its head
+    # count from MODEL.MASK_FORMER.NHEADS and always samples 4 points. Kept for config compatibility.
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+
+    add_swin_config(cfg)
+
+    # Keys of optional components. Engineers owning them add one call per function here
+    # (each function is defined in this file, below).
+
+
+def add_swin_config(cfg):
+    """Keys of the Swin Transformer backbone (`D2SwinTransformer`), upstream defaults (Swin-T)."""
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.SWIN.PATCH_SIZE = 4
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    cfg.MODEL.SWIN.QKV_BIAS = True
+    cfg.MODEL.SWIN.QK_SCALE = None
+    cfg.MODEL.SWIN.DROP_RATE = 0.0
+    cfg.MODEL.SWIN.ATTN_DROP_RATE = 0.0
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    cfg.MODEL.SWIN.APE = False
+    cfg.MODEL.SWIN.PATCH_NORM = True
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False

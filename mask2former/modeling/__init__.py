@@ -1,0 +1,2 @@
+# Importing the submodules registers their components (backbones, heads, pixel decoders,
+# transformer decoders) in Detectron2's registries.
