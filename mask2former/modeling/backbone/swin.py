@@ -1,0 +1,504 @@
+"""Swin Transformer backbone (Liu et al., 2021) as a Detectron2 backbone.
+
+Parameter and buffer names follow the official Swin / Mask2Former checkpoints so that published
+weights load key for key. Behaviour that the checkpoints were trained with is kept on purpose:
+feature maps are zero-padded to a multiple of the window size *after* the first LayerNorm, and the
+padded tokens take part in window attention (only the shifted-window regions are masked).
+"""
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as checkpoint
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from timm.layers import DropPath, trunc_normal_
+
+__all__ = ["SwinTransformer", "D2SwinTransformer"]
+
+# Additive bias that removes attention between tokens of different shifted-window regions.
+_SHIFT_MASK_VALUE = -100.0
+
+
+class Mlp(nn.Module):
+    def __init__(self, in_features, hidden_features, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def window_partition(x, window_size):
+    """(B, H, W, C) with H, W multiples of window_size -> (B * num_windows, window_size**2, C)."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // window_size, window_size, W // window_size, window_size, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, C)
+
+
+def window_reverse(windows, window_size, H, W):
+    """Inverse of `window_partition`: (B * num_windows, window_size**2, C) -> (B, H, W, C)."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // window_size, W // window_size, window_size, window_size, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
+
+
+def relative_position_index(window_size):
+    """(Wh*Ww, Wh*Ww) index into the relative position bias table for every (query, key) pair."""
+    Wh, Ww = window_size
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(Wh), torch.arange(Ww), indexing="ij")
+    ).flatten(1)  # (2, Wh*Ww)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    # Shift to non-negative offsets, then flatten (dy, dx) row-major over a (2Wh-1, 2Ww-1) grid.
+    return (relative[..., 0] + Wh - 1) * (2 * Ww - 1) + (relative[..., 1] + Ww - 1)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside local windows, with a learned relative position bias."""
+
+    def __init__(
+        self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0.0, proj_drop=0.0
+    ):
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = qk_scale or head_dim**-0.5
+
+        Wh, Ww = window_size
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * Wh - 1) * (2 * Ww - 1), num_heads)
+        )
+        # Persistent: it is part of the official checkpoints.
+        self.register_buffer("relative_position_index", relative_position_index(window_size))
+
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def relative_position_bias(self):
+        """(num_heads, N, N) bias, N = Wh*Ww."""
+        N = self.window_size[0] * self.window_size[1]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(N, N, -1).permute(2, 0, 1)
+
+    def forward(self, x, mask=None):
+        """
+        Args:
+            x: (num_windows * B, N, C) window tokens.
+            mask: (num_windows, N, N) additive mask (0 or -100) or None.
+        """
+        B_, N, C = x.shape
+        qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = (q * self.scale) @ k.transpose(-2, -1) + self.relative_position_bias().unsqueeze(0)
+        if mask is not None:
+            num_windows = mask.shape[0]
+            attn = attn.view(B_ // num_windows, num_windows, self.num_heads, N, N) + mask.unsqueeze(
+                1
+            ).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, N, N)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        x = (attn @ v).transpose(1, 2).reshape(B_, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class SwinTransformerBlock(nn.Module):
+    """(Shifted-)window attention + MLP, both pre-norm residual branches."""
+
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        window_size=7,
+        shift_size=0,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        qk_scale=None,
+        drop=0.0,
+        attn_drop=0.0,
+        drop_path=0.0,
+        norm_layer=nn.LayerNorm,
+    ):
+        super().__init__()
+        if not 0 <= shift_size < window_size:
+            raise ValueError(f"shift_size must be in [0, window_size), got {shift_size}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.mlp_ratio = mlp_ratio
+
+        self.norm1 = norm_layer(dim)
+        self.attn = WindowAttention(
+            dim,
+            window_size=(window_size, window_size),
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x, H, W, shift_mask):
+        """
+        Args:
+            x: (B, H*W, C) tokens.
+            shift_mask: (num_windows, N, N) additive mask of the shifted windows, used only when
+                this block shifts.
+        """
+        B, L, C = x.shape
+        if L != H * W:
+            raise ValueError(f"Swin block got {L} tokens for a {H}x{W} feature map")
+        ws = self.window_size
+        shortcut = x
+        x = self.norm1(x).view(B, H, W, C)
+
+        pad_r = (ws - W % ws) % ws
+        pad_b = (ws - H % ws) % ws
+        if pad_r or pad_b:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+
+        if self.shift_size > 0:
+            x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
+            attn_mask = shift_mask
+        else:
+            attn_mask = None
+
+        windows = self.attn(window_partition(x, ws), mask=attn_mask)
+        x = window_reverse(windows, ws, Hp, Wp)
+
+        if self.shift_size > 0:
+            x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
+        if pad_r or pad_b:
+            x = x[:, :H, :W, :]
+        x = shortcut + self.drop_path(x.reshape(B, H * W, C))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """Concatenate each 2x2 neighbourhood (zero-padding odd sizes) and project 4C -> 2C."""
+
+    def __init__(self, dim, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.dim = dim
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = norm_layer(4 * dim)
+
+    def forward(self, x, H, W):
+        B, L, C = x.shape
+        if L != H * W:
+            raise ValueError(f"PatchMerging got {L} tokens for a {H}x{W} feature map")
+        x = x.view(B, H, W, C)
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        # Channel order (top-left, bottom-left, top-right, bottom-right) is fixed by the checkpoints.
+        x = torch.cat(
+            [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1
+        )
+        return self.reduction(self.norm(x.view(B, -1, 4 * C)))
+
+
+def shifted_window_mask(H, W, window_size, shift_size, device):
+    """
+    (num_windows, N, N) additive mask for attention in shifted windows of the zero-padded
+    (H, W) map: tokens from different regions of the cyclically shifted map may not attend to
+    each other.
+    """
+    Hp = -(-H // window_size) * window_size
+    Wp = -(-W // window_size) * window_size
+    region = torch.zeros((1, Hp, Wp, 1), device=device)
+    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+    label = 0
+    for h in bounds:
+        for w in bounds:
+            region[:, h, w, :] = label
+            label += 1
+    region = window_partition(region, window_size).squeeze(-1)  # (num_windows, N)
+    different = region.unsqueeze(1) != region.unsqueeze(2)
+    return torch.zeros(different.shape, device=device).masked_fill_(different, _SHIFT_MASK_VALUE)
+
+
+class BasicLayer(nn.Module):
+    """One Swin stage: `depth` blocks alternating regular and shifted windows, then downsampling."""
+
+    def __init__(
+        self,
+        dim,
+        depth,
+        num_heads,
+        window_size=7,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        qk_scale=None,
+        drop=0.0,
+        attn_drop=0.0,
+        drop_path=0.0,
+        norm_layer=nn.LayerNorm,
+        downsample=None,
+        use_checkpoint=False,
+    ):
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = window_size // 2
+        self.depth = depth
+        self.use_checkpoint = use_checkpoint
+        self.blocks = nn.ModuleList(
+            [
+                SwinTransformerBlock(
+                    dim=dim,
+                    num_heads=num_heads,
+                    window_size=window_size,
+                    shift_size=0 if i % 2 == 0 else window_size // 2,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    drop=drop,
+                    attn_drop=attn_drop,
+                    drop_path=drop_path[i] if isinstance(drop_path, (list, tuple)) else drop_path,
+                    norm_layer=norm_layer,
+                )
+                for i in range(depth)
+            ]
+        )
+        self.downsample = downsample(dim=dim, norm_layer=norm_layer) if downsample is not None else None
+
+    def forward(self, x, H, W):
+        """Returns (stage output, H, W, input of the next stage, its H, its W)."""
+        shift_mask = None
+        if self.depth > 1:
+            shift_mask = shifted_window_mask(H, W, self.window_size, self.shift_size, x.device)
+            shift_mask = shift_mask.to(x.dtype)
+        for blk in self.blocks:
+            if self.use_checkpoint and self.training:
+                x = checkpoint.checkpoint(blk, x, H, W, shift_mask, use_reentrant=False)
+            else:
+                x = blk(x, H, W, shift_mask)
+        if self.downsample is None:
+            return x, H, W, x, H, W
+        return x, H, W, self.downsample(x, H, W), (H + 1) // 2, (W + 1) // 2
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection (strided conv), with zero padding to a multiple of the patch."""
+
+    def __init__(self, patch_size=4, in_chans=3, embed_dim=96, norm_layer=None):
+        super().__init__()
+        self.patch_size = (patch_size, patch_size)
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else None
+
+    def forward(self, x):
+        _, _, H, W = x.shape
+        pad_r = (-W) % self.patch_size[1]
+        pad_b = (-H) % self.patch_size[0]
+        if pad_r or pad_b:
+            x = F.pad(x, (0, pad_r, 0, pad_b))
+        x = self.proj(x)  # (B, C, Wh, Ww)
+        if self.norm is not None:
+            Wh, Ww = x.shape[2:]
+            x = self.norm(x.flatten(2).transpose(1, 2)).transpose(1, 2).view(-1, self.embed_dim, Wh, Ww)
+        return x
+
+
+class SwinTransformer(nn.Module):
+    """
+    Swin Transformer feature extractor returning the normalized output of every stage in
+    `out_indices` as {"res{i+2}": (B, C_i, H_i, W_i)}.
+    """
+
+    def __init__(
+        self,
+        pretrain_img_size=224,
+        patch_size=4,
+        in_chans=3,
+        embed_dim=96,
+        depths=(2, 2, 6, 2),
+        num_heads=(3, 6, 12, 24),
+        window_size=7,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        qk_scale=None,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.2,
+        norm_layer=nn.LayerNorm,
+        ape=False,
+        patch_norm=True,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=-1,
+        use_checkpoint=False,
+    ):
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f"Swin DEPTHS {list(depths)} and NUM_HEADS {list(num_heads)} differ in length")
+        self.pretrain_img_size = pretrain_img_size
+        self.num_layers = len(depths)
+        self.embed_dim = embed_dim
+        self.ape = ape
+        self.patch_norm = patch_norm
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+
+        self.patch_embed = PatchEmbed(
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            norm_layer=norm_layer if patch_norm else None,
+        )
+
+        if self.ape:
+            patches = (pretrain_img_size // patch_size, pretrain_img_size // patch_size)
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *patches))
+            trunc_normal_(self.absolute_pos_embed, std=0.02)
+
+        self.pos_drop = nn.Dropout(p=drop_rate)
+
+        # Stochastic depth grows linearly over all blocks of all stages.
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+
+        self.layers = nn.ModuleList()
+        for i_layer in range(self.num_layers):
+            first = sum(depths[:i_layer])
+            self.layers.append(
+                BasicLayer(
+                    dim=int(embed_dim * 2**i_layer),
+                    depth=depths[i_layer],
+                    num_heads=num_heads[i_layer],
+                    window_size=window_size,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[first : first + depths[i_layer]],
+                    norm_layer=norm_layer,
+                    downsample=PatchMerging if i_layer < self.num_layers - 1 else None,
+                    use_checkpoint=use_checkpoint,
+                )
+            )
+
+        self.num_features = [int(embed_dim * 2**i) for i in range(self.num_layers)]
+        for i_layer in self.out_indices:
+            self.add_module(f"norm{i_layer}", norm_layer(self.num_features[i_layer]))
+
+        self.apply(self._init_weights)
+        self._freeze_stages()
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+    def _freeze_stages(self):
+        frozen = []
+        if self.frozen_stages >= 0:
+            frozen.append(self.patch_embed)
+        if self.frozen_stages >= 1 and self.ape:
+            self.absolute_pos_embed.requires_grad = False
+        if self.frozen_stages >= 2:
+            frozen.append(self.pos_drop)
+            frozen.extend(self.layers[: self.frozen_stages - 1])
+        for m in frozen:
+            m.eval()
+            for param in m.parameters():
+                param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        Wh, Ww = x.shape[2:]
+        if self.ape:
+            pos = F.interpolate(self.absolute_pos_embed, size=(Wh, Ww), mode="bicubic")
+            x = x + pos
+        x = self.pos_drop(x.flatten(2).transpose(1, 2))
+
+        outs = {}
+        for i in range(self.num_layers):
+            x_out, H, W, x, Wh, Ww = self.layers[i](x, Wh, Ww)
+            if i in self.out_indices:
+                x_out = getattr(self, f"norm{i}")(x_out)
+                outs[f"res{i + 2}"] = (
+                    x_out.view(-1, H, W, self.num_features[i]).permute(0, 3, 1, 2).contiguous()
+                )
+        return outs
+
+
+@BACKBONE_REGISTRY.register()
+class D2SwinTransformer(SwinTransformer, Backbone):
+    """`SwinTransformer` configured from MODEL.SWIN, with Detectron2's Backbone interface."""
+
+    @configurable
+    def __init__(self, *, out_features, **swin_kwargs):
+        super().__init__(**swin_kwargs)
+        self._out_features = list(out_features)
+        names = [f"res{i + 2}" for i in range(self.num_layers)]
+        unknown = [f for f in self._out_features if f not in names]
+        if unknown:
+            raise ValueError(f"MODEL.SWIN.OUT_FEATURES has unknown features {unknown}; valid: {names}")
+        self._out_feature_strides = {n: 4 * 2**i for i, n in enumerate(names)}
+        self._out_feature_channels = dict(zip(names, self.num_features))
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        swin = cfg.MODEL.SWIN
+        return {
+            "pretrain_img_size": swin.PRETRAIN_IMG_SIZE,
+            "patch_size": swin.PATCH_SIZE,
+            "in_chans": 3,
+            "embed_dim": swin.EMBED_DIM,
+            "depths": list(swin.DEPTHS),
+            "num_heads": list(swin.NUM_HEADS),
+            "window_size": swin.WINDOW_SIZE,
+            "mlp_ratio": swin.MLP_RATIO,
+            "qkv_bias": swin.QKV_BIAS,
+            "qk_scale": swin.QK_SCALE,
+            "drop_rate": swin.DROP_RATE,
+            "attn_drop_rate": swin.ATTN_DROP_RATE,
+            "drop_path_rate": swin.DROP_PATH_RATE,
+            "norm_layer": nn.LayerNorm,
+            "ape": swin.APE,
+            "patch_norm": swin.PATCH_NORM,
+            "use_checkpoint": swin.USE_CHECKPOINT,
+            "out_features": swin.OUT_FEATURES,
+        }
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError(f"D2SwinTransformer takes (N, C, H, W) input, got shape {tuple(x.shape)}")
+        outputs = super().forward(x)
+        return {k: v for k, v in outputs.items() if k in self._out_features}
+
+    def output_shape(self):
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+    @property
+    def size_divisibility(self):
+        return 32
