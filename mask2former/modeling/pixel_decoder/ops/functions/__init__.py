@@ -1,0 +1,13 @@
+from .ms_deform_attn_func import (
+    MSDeformAttnFunction,
+    ms_deform_attn,
+    ms_deform_attn_core_pytorch,
+    validate_ms_deform_attn_inputs,
+)
+
+__all__ = [
+    "MSDeformAttnFunction",
+    "ms_deform_attn",
+    "ms_deform_attn_core_pytorch",
+    "validate_ms_deform_attn_inputs",
+]

@@ -1,0 +1,3 @@
+from .ms_deform_attn import MSDeformAttn
+
+__all__ = ["MSDeformAttn"]
