@@ -1,0 +1,143 @@
+"""Hungarian matching between predicted masks and ground-truth segments (Mask2Former).
+
+The cost of assigning query ``q`` to target ``t`` is
+
+    cost_mask * BCE(q, t) + cost_class * (-p_q(class_t)) + cost_dice * Dice(q, t)
+
+where BCE and Dice are computed on ``num_points`` points drawn uniformly in [0, 1]^2 — the same
+points for every prediction and every target of an image — instead of on full masks, which keeps
+the cost matrix cheap at any resolution.
+"""
+import torch
+import torch.nn.functional as F
+from detectron2.projects.point_rend.point_features import point_sample
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+
+def pairwise_dice_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice loss of every (prediction, target) pair.
+
+    Args:
+        inputs: (N, P) mask logits.
+        targets: (M, P) binary (or soft) target values.
+    Returns:
+        (N, M) cost, ``1 - (2|x*y| + 1) / (|x| + |y| + 1)`` with ``x = sigmoid(inputs)``.
+    """
+    probs = inputs.sigmoid()
+    numerator = 2 * (probs @ targets.T)
+    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def pairwise_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Point-averaged sigmoid binary cross-entropy of every (prediction, target) pair.
+
+    Args:
+        inputs: (N, P) mask logits.
+        targets: (M, P) binary (or soft) target values.
+    Returns:
+        (N, M) cost.
+    """
+    num_points = inputs.shape[1]
+    # BCE(x, y) = y * BCE(x, 1) + (1 - y) * BCE(x, 0): two matrix products give all pairs at once.
+    loss_if_positive = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
+    loss_if_negative = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
+    cost = loss_if_positive @ targets.T + loss_if_negative @ (1 - targets).T
+    return cost / num_points
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment of queries to targets minimising the weighted class + mask cost.
+
+    Each image draws one ``torch.rand(1, num_points, 2)`` on the masks' device (the only random
+    draw of the matcher); the reference implementation does the same, so seeded runs match it.
+    """
+
+    def __init__(self, cost_class: float = 1, cost_mask: float = 1, cost_dice: float = 1, num_points: int = 0):
+        super().__init__()
+        if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
+            raise ValueError("HungarianMatcher: all costs are 0, the assignment would be arbitrary")
+        if num_points <= 0:
+            raise ValueError(f"HungarianMatcher: num_points must be positive, got {num_points}")
+        self.cost_class = cost_class
+        self.cost_mask = cost_mask
+        self.cost_dice = cost_dice
+        self.num_points = num_points
+
+    def sample_points(self, device) -> torch.Tensor:
+        """Uniform point coordinates (1, num_points, 2), (x, y) in [0, 1]."""
+        return torch.rand(1, self.num_points, 2, device=device)
+
+    def compute_costs(self, pred_logits, pred_masks, tgt_labels, tgt_masks):
+        """Costs of one image.
+
+        Args:
+            pred_logits: (Q, K+1) class logits.
+            pred_masks: (Q, h, w) mask logits.
+            tgt_labels: (T,) int64 class ids.
+            tgt_masks: (T, H, W) target masks (any dtype; H, W may differ from h, w).
+        Returns:
+            dict with ``point_coords`` (1, P, 2), ``cost_class``, ``cost_mask``, ``cost_dice`` and
+            the weighted ``cost_matrix``, all (Q, T).
+        """
+        class_prob = pred_logits.softmax(-1)
+        cost_class = -class_prob[:, tgt_labels]
+
+        point_coords = self.sample_points(pred_masks.device)
+        tgt_masks = tgt_masks.to(pred_masks)
+        num_queries, num_targets = pred_masks.shape[0], tgt_masks.shape[0]
+        pred_points = point_sample(
+            pred_masks[:, None], point_coords.repeat(num_queries, 1, 1), align_corners=False
+        ).squeeze(1)
+        if num_targets > 0:
+            tgt_points = point_sample(
+                tgt_masks[:, None], point_coords.repeat(num_targets, 1, 1), align_corners=False
+            ).squeeze(1)
+        else:
+            tgt_points = pred_points.new_zeros((0, self.num_points))
+        # Costs in fp32 even under autocast: BCE and dice are unstable in half precision.
+        with torch.autocast(device_type=pred_points.device.type, enabled=False):
+            pred_points = pred_points.float()
+            tgt_points = tgt_points.float()
+            cost_mask = pairwise_sigmoid_ce_cost(pred_points, tgt_points)
+            cost_dice = pairwise_dice_cost(pred_points, tgt_points)
+        cost_matrix = self.cost_mask * cost_mask + self.cost_class * cost_class + self.cost_dice * cost_dice
+        return {
+            "point_coords": point_coords,
+            "cost_class": cost_class,
+            "cost_mask": cost_mask,
+            "cost_dice": cost_dice,
+            "cost_matrix": cost_matrix.reshape(num_queries, -1),
+        }
+
+    @torch.no_grad()
+    def forward(self, outputs, targets):
+        """Match every image of the batch.
+
+        Args:
+            outputs: dict with ``pred_logits`` (B, Q, K+1) and ``pred_masks`` (B, Q, h, w).
+            targets: list of B dicts with ``labels`` (T_b,) and ``masks`` (T_b, H, W).
+        Returns:
+            list of B pairs ``(query_indices, target_indices)`` (int64, sorted by query index) of
+            length ``min(Q, T_b)``.
+        """
+        pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
+        if len(targets) != pred_logits.shape[0]:
+            raise ValueError(
+                f"HungarianMatcher: {pred_logits.shape[0]} predictions in the batch but {len(targets)} targets"
+            )
+        indices = []
+        for b, target in enumerate(targets):
+            costs = self.compute_costs(pred_logits[b], pred_masks[b], target["labels"], target["masks"])
+            query_idx, target_idx = linear_sum_assignment(costs["cost_matrix"].cpu())
+            indices.append(
+                (torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(target_idx, dtype=torch.int64))
+            )
+        return indices
+
+    def __repr__(self):
+        return (
+            f"{self.__class__.__name__}(cost_class={self.cost_class}, cost_mask={self.cost_mask}, "
+            f"cost_dice={self.cost_dice}, num_points={self.num_points})"
+        )
