@@ -1,0 +1,1 @@
+"""Demo: visualise a Mask2Former model's predictions (see demo/demo.py)."""

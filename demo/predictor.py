@@ -1,0 +1,75 @@
+"""Run a Mask2Former model on images and draw its predictions with Detectron2's Visualizer."""
+import numpy as np
+import torch
+
+from detectron2.data import MetadataCatalog
+from detectron2.engine.defaults import DefaultPredictor
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+__all__ = ["draw_predictions", "tile_horizontally", "VisualizationDemo"]
+
+
+def draw_predictions(image_rgb, predictions, metadata, score_threshold=0.5, instance_mode=ColorMode.IMAGE):
+    """
+    Draw every kind of output in `predictions` (a model output dict for one image).
+
+    Returns a dict with one RGB uint8 image per output present, under the keys "panoptic",
+    "instance" (instances scoring at least `score_threshold`) and "semantic".
+    """
+    panels = {}
+    if "panoptic_seg" in predictions:
+        panoptic_seg, segments_info = predictions["panoptic_seg"]
+        visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode)
+        panels["panoptic"] = visualizer.draw_panoptic_seg(
+            panoptic_seg.to("cpu"), segments_info
+        ).get_image()
+    if "instances" in predictions:
+        instances = predictions["instances"].to("cpu")
+        instances = instances[instances.scores >= score_threshold]
+        visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode)
+        panels["instance"] = visualizer.draw_instance_predictions(instances).get_image()
+    if "sem_seg" in predictions:
+        labels = predictions["sem_seg"].argmax(dim=0).to("cpu")
+        visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode)
+        panels["semantic"] = visualizer.draw_sem_seg(labels).get_image()
+    return panels
+
+
+def tile_horizontally(images, gap=4):
+    """Put RGB images of the same height side by side, separated by white gaps."""
+    height = max(image.shape[0] for image in images)
+    spacer = np.full((height, gap, 3), 255, dtype=np.uint8)
+    columns = []
+    for image in images:
+        if image.shape[0] < height:
+            pad = np.full((height - image.shape[0], image.shape[1], 3), 255, dtype=np.uint8)
+            image = np.concatenate([image, pad], axis=0)
+        columns.extend([image, spacer])
+    return np.concatenate(columns[:-1], axis=1)
+
+
+class VisualizationDemo:
+    """Loads the model of `cfg` (weights from MODEL.WEIGHTS) and visualises its predictions."""
+
+    def __init__(self, cfg, score_threshold=0.5, instance_mode=ColorMode.IMAGE):
+        dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
+        self.metadata = MetadataCatalog.get(dataset)
+        self.score_threshold = score_threshold
+        self.instance_mode = instance_mode
+        self.predictor = DefaultPredictor(cfg)
+
+    @torch.no_grad()
+    def run_on_image(self, image_bgr):
+        """
+        Args:
+            image_bgr (np.ndarray): an HxWx3 uint8 image in BGR order (as `cv2.imread` reads it).
+
+        Returns:
+            predictions (dict): the model's output for the image.
+            panels (dict[str, np.ndarray]): RGB drawings, see :func:`draw_predictions`.
+        """
+        predictions = self.predictor(image_bgr)
+        panels = draw_predictions(
+            image_bgr[:, :, ::-1], predictions, self.metadata, self.score_threshold, self.instance_mode
+        )
+        return predictions, panels
