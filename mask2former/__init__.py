@@ -1,7 +1,16 @@
+import sys
+
+if sys.version_info < (3, 10):
+    raise ImportError(
+        f"Mask2Former needs Python 3.10 or newer (it is set up and tested on 3.11); "
+        f"this is Python {sys.version.split()[0]}. Run scripts/setup.sh, which builds a Python 3.11 environment."
+    )
+
 # Must run before anything imports detectron2 (see mask2former/utils/detectron2_compat.py).
-from .utils import detectron2_compat
+from .utils import detectron2_compat  # noqa: E402
 
 detectron2_compat.apply()
 
 from . import modeling  # noqa: E402,F401  (registers backbones/heads)
 from .config import add_maskformer2_config  # noqa: E402,F401
+from . import data  # noqa: E402,F401  (registers the builtin datasets)
