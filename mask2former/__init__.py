@@ -13,4 +13,5 @@ detectron2_compat.apply()
 
 from . import modeling  # noqa: E402,F401  (registers backbones/heads)
 from .config import add_maskformer2_config  # noqa: E402,F401
+from .maskformer_model import MaskFormer  # noqa: E402,F401  (registers the meta-architecture)
 from . import data  # noqa: E402,F401  (registers the builtin datasets)
