@@ -1,0 +1,84 @@
+"""ADE20K panoptic (150 classes, 100 things): `ade20k_panoptic_{train,val}`."""
+import os
+
+from .catalog import datasets_root, register_dataset
+from .categories import ade20k_150_categories
+from .panoptic_json import load_panoptic_json_with_sem_seg, panoptic_metadata
+
+__all__ = ["get_metadata", "register_ade20k_panoptic", "register_all_ade20k_panoptic"]
+
+README_SECTION = "ADE20K"
+
+# name -> (image folder, panoptic PNG folder, panoptic json, semantic PNG folder, instance json),
+# relative to the datasets root; the panoptic and instance files are made by
+# prepare_ade20k_pan_seg.py / prepare_ade20k_ins_seg.py, the semantic PNGs by prepare_ade20k_sem_seg.py.
+_PREDEFINED_SPLITS_ADE20K_PANOPTIC = {
+    "ade20k_panoptic_train": (
+        "ADEChallengeData2016/images/training",
+        "ADEChallengeData2016/ade20k_panoptic_train",
+        "ADEChallengeData2016/ade20k_panoptic_train.json",
+        "ADEChallengeData2016/annotations_detectron2/training",
+        "ADEChallengeData2016/ade20k_instance_train.json",
+    ),
+    "ade20k_panoptic_val": (
+        "ADEChallengeData2016/images/validation",
+        "ADEChallengeData2016/ade20k_panoptic_val",
+        "ADEChallengeData2016/ade20k_panoptic_val.json",
+        "ADEChallengeData2016/annotations_detectron2/validation",
+        "ADEChallengeData2016/ade20k_instance_val.json",
+    ),
+}
+
+
+def get_metadata() -> dict:
+    return panoptic_metadata(ade20k_150_categories())
+
+
+def register_ade20k_panoptic(
+    name, metadata, image_root, panoptic_root, semantic_root, panoptic_json, instances_json, root
+):
+    register_dataset(
+        name,
+        lambda: load_panoptic_json_with_sem_seg(
+            name,
+            root,
+            README_SECTION,
+            panoptic_json,
+            image_root,
+            panoptic_root,
+            semantic_root,
+            metadata,
+            integer_image_ids=False,
+            made_by={
+                "json": "datasets/prepare_ade20k_pan_seg.py",
+                "panoptic": "datasets/prepare_ade20k_pan_seg.py",
+                "sem_seg": "datasets/prepare_ade20k_sem_seg.py",
+            },
+        ),
+        panoptic_root=panoptic_root,
+        image_root=image_root,
+        panoptic_json=panoptic_json,
+        json_file=instances_json,
+        evaluator_type="ade20k_panoptic_seg",
+        ignore_label=255,
+        label_divisor=1000,
+        **metadata,
+    )
+
+
+def register_all_ade20k_panoptic(root=None):
+    root = datasets_root() if root is None else root
+    metadata = get_metadata()
+    for name, (image_root, panoptic_root, panoptic_json, semantic_root, instances_json) in (
+        _PREDEFINED_SPLITS_ADE20K_PANOPTIC.items()
+    ):
+        register_ade20k_panoptic(
+            name,
+            metadata,
+            os.path.join(root, image_root),
+            os.path.join(root, panoptic_root),
+            os.path.join(root, semantic_root),
+            os.path.join(root, panoptic_json),
+            os.path.join(root, instances_json),
+            root,
+        )

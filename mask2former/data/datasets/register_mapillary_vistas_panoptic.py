@@ -1,0 +1,76 @@
+"""Mapillary Vistas v1.2 panoptic (65 classes): `mapillary_vistas_panoptic_{train,val}`."""
+import os
+
+from .catalog import datasets_root, register_dataset
+from .categories import mapillary_vistas_categories
+from .panoptic_json import load_panoptic_json_with_sem_seg, panoptic_metadata
+
+__all__ = ["get_metadata", "register_all_mapillary_vistas_panoptic", "register_mapillary_vistas_panoptic"]
+
+README_SECTION = "Mapillary Vistas"
+
+# name -> (image folder, panoptic PNG folder, panoptic json, semantic PNG folder), relative to the
+# datasets root; all of them ship with the dataset.
+_PREDEFINED_SPLITS_MAPILLARY_VISTAS_PANOPTIC = {
+    "mapillary_vistas_panoptic_train": (
+        "mapillary_vistas/training/images",
+        "mapillary_vistas/training/panoptic",
+        "mapillary_vistas/training/panoptic/panoptic_2018.json",
+        "mapillary_vistas/training/labels",
+    ),
+    "mapillary_vistas_panoptic_val": (
+        "mapillary_vistas/validation/images",
+        "mapillary_vistas/validation/panoptic",
+        "mapillary_vistas/validation/panoptic/panoptic_2018.json",
+        "mapillary_vistas/validation/labels",
+    ),
+}
+
+
+def get_metadata() -> dict:
+    return panoptic_metadata(mapillary_vistas_categories(), every_class_is_a_thing_class=True)
+
+
+def register_mapillary_vistas_panoptic(
+    name, metadata, image_root, panoptic_root, semantic_root, panoptic_json, root
+):
+    register_dataset(
+        name,
+        lambda: load_panoptic_json_with_sem_seg(
+            name,
+            root,
+            README_SECTION,
+            panoptic_json,
+            image_root,
+            panoptic_root,
+            semantic_root,
+            metadata,
+            integer_image_ids=False,
+        ),
+        panoptic_root=panoptic_root,
+        image_root=image_root,
+        panoptic_json=panoptic_json,
+        json_file=None,
+        evaluator_type="mapillary_vistas_panoptic_seg",
+        # Mapillary Vistas marks unlabeled pixels with 65, not 255.
+        ignore_label=65,
+        label_divisor=1000,
+        **metadata,
+    )
+
+
+def register_all_mapillary_vistas_panoptic(root=None):
+    root = datasets_root() if root is None else root
+    metadata = get_metadata()
+    for name, (image_root, panoptic_root, panoptic_json, semantic_root) in (
+        _PREDEFINED_SPLITS_MAPILLARY_VISTAS_PANOPTIC.items()
+    ):
+        register_mapillary_vistas_panoptic(
+            name,
+            metadata,
+            os.path.join(root, image_root),
+            os.path.join(root, panoptic_root),
+            os.path.join(root, semantic_root),
+            os.path.join(root, panoptic_json),
+            root,
+        )
