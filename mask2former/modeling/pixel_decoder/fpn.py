@@ -1,0 +1,254 @@
+"""FPN-style pixel decoders of MaskFormer and `build_pixel_decoder`.
+
+Pixel decoders are registered in Detectron2's SEM_SEG_HEADS_REGISTRY (as upstream does) and must
+implement `forward_features(features) -> (mask_features, transformer_encoder_features,
+multi_scale_features)`, where `multi_scale_features` lists up to three maps from low to high
+resolution.
+"""
+import logging
+from typing import Dict
+
+import fvcore.nn.weight_init as weight_init
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+from ..transformer_decoder.position_encoding import PositionEmbeddingSine
+from ..transformer_decoder.transformer import TransformerEncoder, TransformerEncoderLayer
+
+__all__ = ["build_pixel_decoder", "BasePixelDecoder", "TransformerEncoderPixelDecoder"]
+
+
+def build_pixel_decoder(cfg, input_shape):
+    """Build the pixel decoder named by `cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME`."""
+    name = cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME
+    model = SEM_SEG_HEADS_REGISTRY.get(name)(cfg, input_shape)
+    if not callable(getattr(model, "forward_features", None)):
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME={name!r} has no forward_features method: only "
+            "modules that implement forward_features (returning the mask features) can be pixel decoders."
+        )
+    return model
+
+
+# Upstream always feeds three scales to the transformer decoder.
+_NUM_MULTI_SCALE_LEVELS = 3
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class BasePixelDecoder(nn.Module):
+    """Top-down FPN over the backbone features; mask features from a 3x3 conv of the finest level."""
+
+    @configurable
+    def __init__(self, input_shape: Dict[str, ShapeSpec], *, conv_dim: int, mask_dim: int, norm=None):
+        """
+        Args:
+            input_shape: shapes (channels and stride) of the input features.
+            conv_dim: number of output channels of the intermediate conv layers.
+            mask_dim: number of output channels of the final conv layer.
+            norm: normalization of all conv layers ("" for none, which adds conv biases).
+        """
+        super().__init__()
+        input_shape = sorted(input_shape.items(), key=lambda x: x[1].stride)
+        self.in_features = [k for k, v in input_shape]  # from high to low resolution
+        feature_channels = [v.channels for k, v in input_shape]
+
+        lateral_convs = []
+        output_convs = []
+        use_bias = norm == ""
+        for idx, in_channels in enumerate(feature_channels):
+            if idx == len(self.in_features) - 1:
+                # The coarsest level has no lateral connection: its output conv reads it directly.
+                output_conv = Conv2d(
+                    in_channels,
+                    conv_dim,
+                    kernel_size=3,
+                    stride=1,
+                    padding=1,
+                    bias=use_bias,
+                    norm=get_norm(norm, conv_dim),
+                    activation=F.relu,
+                )
+                weight_init.c2_xavier_fill(output_conv)
+                self.add_module(f"layer_{idx + 1}", output_conv)
+                lateral_convs.append(None)
+                output_convs.append(output_conv)
+            else:
+                lateral_conv = Conv2d(
+                    in_channels, conv_dim, kernel_size=1, bias=use_bias, norm=get_norm(norm, conv_dim)
+                )
+                output_conv = Conv2d(
+                    conv_dim,
+                    conv_dim,
+                    kernel_size=3,
+                    stride=1,
+                    padding=1,
+                    bias=use_bias,
+                    norm=get_norm(norm, conv_dim),
+                    activation=F.relu,
+                )
+                weight_init.c2_xavier_fill(lateral_conv)
+                weight_init.c2_xavier_fill(output_conv)
+                self.add_module(f"adapter_{idx + 1}", lateral_conv)
+                self.add_module(f"layer_{idx + 1}", output_conv)
+                lateral_convs.append(lateral_conv)
+                output_convs.append(output_conv)
+        # Top-down order (low to high resolution), the order forward_features visits them in.
+        self.lateral_convs = lateral_convs[::-1]
+        self.output_convs = output_convs[::-1]
+
+        self.mask_dim = mask_dim
+        self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=3, stride=1, padding=1)
+        weight_init.c2_xavier_fill(self.mask_features)
+
+        self.maskformer_num_feature_levels = _NUM_MULTI_SCALE_LEVELS
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        head = cfg.MODEL.SEM_SEG_HEAD
+        return {
+            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
+            "conv_dim": head.CONVS_DIM,
+            "mask_dim": head.MASK_DIM,
+            "norm": head.NORM,
+        }
+
+    def forward_features(self, features):
+        multi_scale_features = []
+        for idx, f in enumerate(self.in_features[::-1]):
+            x = features[f]
+            lateral_conv = self.lateral_convs[idx]
+            output_conv = self.output_convs[idx]
+            if lateral_conv is None:
+                y = output_conv(x)
+            else:
+                cur_fpn = lateral_conv(x)
+                y = output_conv(cur_fpn + F.interpolate(y, size=cur_fpn.shape[-2:], mode="nearest"))
+            if len(multi_scale_features) < self.maskformer_num_feature_levels:
+                multi_scale_features.append(y)
+        return self.mask_features(y), None, multi_scale_features
+
+    def forward(self, features, targets=None):
+        logging.getLogger(__name__).warning(
+            "Calling forward() of a pixel decoder may cause unpredicted behavior; use forward_features()."
+        )
+        return self.forward_features(features)
+
+
+class TransformerEncoderOnly(nn.Module):
+    """DETR's transformer encoder over one feature map, (N, C, H, W) -> (N, C, H, W)."""
+
+    def __init__(
+        self,
+        d_model=512,
+        nhead=8,
+        num_encoder_layers=6,
+        dim_feedforward=2048,
+        dropout=0.1,
+        activation="relu",
+        normalize_before=False,
+    ):
+        super().__init__()
+        encoder_layer = TransformerEncoderLayer(
+            d_model, nhead, dim_feedforward, dropout, activation, normalize_before
+        )
+        encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
+        self.encoder = TransformerEncoder(encoder_layer, num_encoder_layers, encoder_norm)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        self.d_model = d_model
+        self.nhead = nhead
+
+    def forward(self, src, mask, pos_embed):
+        bs, c, h, w = src.shape
+        src = src.flatten(2).permute(2, 0, 1)
+        pos_embed = pos_embed.flatten(2).permute(2, 0, 1)
+        if mask is not None:
+            mask = mask.flatten(1)
+        memory = self.encoder(src, src_key_padding_mask=mask, pos=pos_embed)
+        return memory.permute(1, 2, 0).view(bs, c, h, w)
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class TransformerEncoderPixelDecoder(BasePixelDecoder):
+    """`BasePixelDecoder` whose coarsest level first goes through a transformer encoder."""
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        transformer_dropout: float,
+        transformer_nheads: int,
+        transformer_dim_feedforward: int,
+        transformer_enc_layers: int,
+        transformer_pre_norm: bool,
+        conv_dim: int,
+        mask_dim: int,
+        norm=None,
+    ):
+        super().__init__(input_shape, conv_dim=conv_dim, mask_dim=mask_dim, norm=norm)
+        input_shape = sorted(input_shape.items(), key=lambda x: x[1].stride)
+        in_channels = input_shape[-1][1].channels
+
+        self.input_proj = Conv2d(in_channels, conv_dim, kernel_size=1)
+        weight_init.c2_xavier_fill(self.input_proj)
+        self.transformer = TransformerEncoderOnly(
+            d_model=conv_dim,
+            dropout=transformer_dropout,
+            nhead=transformer_nheads,
+            dim_feedforward=transformer_dim_feedforward,
+            num_encoder_layers=transformer_enc_layers,
+            normalize_before=transformer_pre_norm,
+        )
+        self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
+
+        # The coarsest output conv now reads the encoder output (conv_dim channels). It is
+        # re-registered last, which fixes its place in the official checkpoints' key order.
+        output_conv = Conv2d(
+            conv_dim,
+            conv_dim,
+            kernel_size=3,
+            stride=1,
+            padding=1,
+            bias=norm == "",
+            norm=get_norm(norm, conv_dim),
+            activation=F.relu,
+        )
+        weight_init.c2_xavier_fill(output_conv)
+        name = f"layer_{len(self.in_features)}"
+        delattr(self, name)
+        self.add_module(name, output_conv)
+        self.output_convs[0] = output_conv
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        ret = super().from_config(cfg, input_shape)
+        mf = cfg.MODEL.MASK_FORMER
+        ret["transformer_dropout"] = mf.DROPOUT
+        ret["transformer_nheads"] = mf.NHEADS
+        ret["transformer_dim_feedforward"] = mf.DIM_FEEDFORWARD
+        ret["transformer_enc_layers"] = cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS
+        ret["transformer_pre_norm"] = mf.PRE_NORM
+        return ret
+
+    def forward_features(self, features):
+        multi_scale_features = []
+        transformer_encoder_features = None
+        for idx, f in enumerate(self.in_features[::-1]):
+            x = features[f]
+            lateral_conv = self.lateral_convs[idx]
+            output_conv = self.output_convs[idx]
+            if lateral_conv is None:
+                transformer_encoder_features = self.transformer(self.input_proj(x), None, self.pe_layer(x))
+                y = output_conv(transformer_encoder_features)
+            else:
+                cur_fpn = lateral_conv(x)
+                y = output_conv(cur_fpn + F.interpolate(y, size=cur_fpn.shape[-2:], mode="nearest"))
+            if len(multi_scale_features) < self.maskformer_num_feature_levels:
+                multi_scale_features.append(y)
+        return self.mask_features(y), transformer_encoder_features, multi_scale_features

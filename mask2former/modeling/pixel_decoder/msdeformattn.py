@@ -1,0 +1,318 @@
+"""Mask2Former's pixel decoder: a multi-scale deformable-attention encoder over the coarser backbone
+levels (res3-res5 by default) followed by FPN-style lateral/output convs down to the common stride."""
+from typing import Dict, List
+
+import fvcore.nn.weight_init as weight_init
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+from ..transformer_decoder.position_encoding import PositionEmbeddingSine
+from .ops.modules import MSDeformAttn
+
+__all__ = ["MSDeformAttnTransformerEncoderOnly", "MSDeformAttnPixelDecoder"]
+
+# Width of the deformable encoder's FFN: fixed upstream (MASK_FORMER.DIM_FEEDFORWARD is not used).
+_ENCODER_DIM_FEEDFORWARD = 1024
+# Sampling points per head and level: fixed upstream
+# (SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS is not read).
+_ENCODER_N_POINTS = 4
+# Upstream always feeds three scales to the transformer decoder.
+_NUM_MULTI_SCALE_LEVELS = 3
+
+
+def _activation(name):
+    activations = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
+    if name not in activations:
+        raise ValueError(f"activation should be one of {sorted(activations)}, not {name!r}")
+    return activations[name]
+
+
+class MSDeformAttnTransformerEncoderLayer(nn.Module):
+    def __init__(
+        self, d_model=256, d_ffn=1024, dropout=0.1, activation="relu", n_levels=4, n_heads=8, n_points=4
+    ):
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.activation = _activation(activation)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
+        src2 = self.self_attn(
+            src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
+        )
+        src = self.norm1(src + self.dropout1(src2))
+        src2 = self.linear2(self.dropout2(self.activation(self.linear1(src))))
+        return self.norm2(src + self.dropout3(src2))
+
+
+class MSDeformAttnTransformerEncoder(nn.Module):
+    def __init__(self, encoder_layer_factory, num_layers):
+        super().__init__()
+        self.layers = nn.ModuleList([encoder_layer_factory() for _ in range(num_layers)])
+        self.num_layers = num_layers
+
+    @staticmethod
+    def get_reference_points(spatial_shapes, valid_ratios, device):
+        """
+        (N, sum_l H_l*W_l, L, 2) normalized (x, y) pixel centres of every token, expressed in the
+        coordinates of each level (scaled by the levels' valid ratios).
+        """
+        reference_points_list = []
+        for lvl, (H_, W_) in enumerate(spatial_shapes.tolist()):
+            ref_y, ref_x = torch.meshgrid(
+                torch.linspace(0.5, H_ - 0.5, H_, dtype=torch.float32, device=device),
+                torch.linspace(0.5, W_ - 0.5, W_, dtype=torch.float32, device=device),
+                indexing="ij",
+            )
+            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * H_)
+            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * W_)
+            reference_points_list.append(torch.stack((ref_x, ref_y), -1))
+        reference_points = torch.cat(reference_points_list, 1)
+        return reference_points[:, :, None] * valid_ratios[:, None]
+
+    def forward(self, src, spatial_shapes, level_start_index, valid_ratios, pos=None, padding_mask=None):
+        output = src
+        reference_points = self.get_reference_points(spatial_shapes, valid_ratios, device=src.device)
+        for layer in self.layers:
+            output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+        return output
+
+
+class MSDeformAttnTransformerEncoderOnly(nn.Module):
+    """Deformable-DETR encoder over several feature levels (no padding masks: whole images)."""
+
+    def __init__(
+        self,
+        d_model=256,
+        nhead=8,
+        num_encoder_layers=6,
+        dim_feedforward=1024,
+        dropout=0.1,
+        activation="relu",
+        num_feature_levels=4,
+        enc_n_points=4,
+    ):
+        super().__init__()
+        self.d_model = d_model
+        self.nhead = nhead
+
+        def make_layer():
+            return MSDeformAttnTransformerEncoderLayer(
+                d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead, enc_n_points
+            )
+
+        self.encoder = MSDeformAttnTransformerEncoder(make_layer, num_encoder_layers)
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MSDeformAttn):
+                m._reset_parameters()
+        nn.init.normal_(self.level_embed)
+
+    def forward(self, srcs, pos_embeds):
+        """
+        Args:
+            srcs, pos_embeds: lists of (N, C, H_l, W_l), one per level.
+        Returns:
+            memory (N, sum_l H_l*W_l, C), spatial_shapes (L, 2) int64, level_start_index (L,) int64.
+        """
+        src_flatten = []
+        lvl_pos_embed_flatten = []
+        spatial_shapes = []
+        for lvl, (src, pos_embed) in enumerate(zip(srcs, pos_embeds)):
+            spatial_shapes.append(src.shape[2:])
+            src_flatten.append(src.flatten(2).transpose(1, 2))
+            lvl_pos_embed_flatten.append(
+                pos_embed.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
+            )
+        src_flatten = torch.cat(src_flatten, 1)
+        lvl_pos_embed_flatten = torch.cat(lvl_pos_embed_flatten, 1)
+        spatial_shapes = torch.as_tensor(spatial_shapes, dtype=torch.long, device=src_flatten.device)
+        level_start_index = torch.cat(
+            (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
+        )
+        # Inputs are never padded here, so every level is fully valid.
+        valid_ratios = src_flatten.new_ones((src_flatten.shape[0], len(srcs), 2))
+
+        memory = self.encoder(
+            src_flatten, spatial_shapes, level_start_index, valid_ratios, lvl_pos_embed_flatten
+        )
+        return memory, spatial_shapes, level_start_index
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class MSDeformAttnPixelDecoder(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        transformer_dropout: float,
+        transformer_nheads: int,
+        transformer_dim_feedforward: int,
+        transformer_enc_layers: int,
+        conv_dim: int,
+        mask_dim: int,
+        norm=None,
+        transformer_in_features: List[str],
+        common_stride: int,
+    ):
+        """
+        Args:
+            input_shape: shapes (channels and stride) of the input features.
+            transformer_*: deformable encoder settings.
+            conv_dim: channels of the encoder and of the FPN convs.
+            mask_dim: channels of the mask features.
+            norm: normalization of the FPN convs ("" for none, which adds conv biases).
+            transformer_in_features: backbone features the encoder reads.
+            common_stride: stride of the mask features; FPN levels are added down to it.
+        """
+        super().__init__()
+        missing = [f for f in transformer_in_features if f not in input_shape]
+        if missing:
+            raise ValueError(
+                f"DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES {missing} are not among the pixel "
+                f"decoder's input features {sorted(input_shape)} (SEM_SEG_HEAD.IN_FEATURES)"
+            )
+        transformer_input_shape = sorted(
+            ((k, v) for k, v in input_shape.items() if k in transformer_in_features),
+            key=lambda x: x[1].stride,
+        )
+        input_shape = sorted(input_shape.items(), key=lambda x: x[1].stride)
+        self.in_features = [k for k, v in input_shape]  # from high to low resolution
+        self.feature_strides = [v.stride for k, v in input_shape]
+        self.feature_channels = [v.channels for k, v in input_shape]
+
+        self.transformer_in_features = [k for k, v in transformer_input_shape]
+        transformer_in_channels = [v.channels for k, v in transformer_input_shape]
+        self.transformer_feature_strides = [v.stride for k, v in transformer_input_shape]
+        self.transformer_num_feature_levels = len(self.transformer_in_features)
+
+        # One projection per encoder level, in the encoder's order (low to high resolution).
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(in_channels, conv_dim, kernel_size=1), nn.GroupNorm(32, conv_dim))
+            for in_channels in transformer_in_channels[::-1]
+        )
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.constant_(proj[0].bias, 0)
+
+        self.transformer = MSDeformAttnTransformerEncoderOnly(
+            d_model=conv_dim,
+            dropout=transformer_dropout,
+            nhead=transformer_nheads,
+            dim_feedforward=transformer_dim_feedforward,
+            num_encoder_layers=transformer_enc_layers,
+            num_feature_levels=self.transformer_num_feature_levels,
+            enc_n_points=_ENCODER_N_POINTS,
+        )
+        self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
+
+        self.mask_dim = mask_dim
+        self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1, stride=1, padding=0)
+        weight_init.c2_xavier_fill(self.mask_features)
+
+        self.maskformer_num_feature_levels = _NUM_MULTI_SCALE_LEVELS
+        self.common_stride = common_stride
+        # FPN levels finer than the encoder's finest level, down to the common stride.
+        stride = min(self.transformer_feature_strides)
+        self.num_fpn_levels = int(np.log2(stride) - np.log2(self.common_stride))
+
+        lateral_convs = []
+        output_convs = []
+        use_bias = norm == ""
+        for idx, in_channels in enumerate(self.feature_channels[: self.num_fpn_levels]):
+            lateral_conv = Conv2d(
+                in_channels, conv_dim, kernel_size=1, bias=use_bias, norm=get_norm(norm, conv_dim)
+            )
+            output_conv = Conv2d(
+                conv_dim,
+                conv_dim,
+                kernel_size=3,
+                stride=1,
+                padding=1,
+                bias=use_bias,
+                norm=get_norm(norm, conv_dim),
+                activation=F.relu,
+            )
+            weight_init.c2_xavier_fill(lateral_conv)
+            weight_init.c2_xavier_fill(output_conv)
+            self.add_module(f"adapter_{idx + 1}", lateral_conv)
+            self.add_module(f"layer_{idx + 1}", output_conv)
+            lateral_convs.append(lateral_conv)
+            output_convs.append(output_conv)
+        # Top-down order (low to high resolution), the order forward_features visits them in.
+        self.lateral_convs = lateral_convs[::-1]
+        self.output_convs = output_convs[::-1]
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        head = cfg.MODEL.SEM_SEG_HEAD
+        return {
+            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
+            "conv_dim": head.CONVS_DIM,
+            "mask_dim": head.MASK_DIM,
+            "norm": head.NORM,
+            # As upstream, the encoder shares the transformer decoder's head count and dropout.
+            "transformer_dropout": cfg.MODEL.MASK_FORMER.DROPOUT,
+            "transformer_nheads": cfg.MODEL.MASK_FORMER.NHEADS,
+            "transformer_dim_feedforward": _ENCODER_DIM_FEEDFORWARD,
+            "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
+            "transformer_in_features": head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
+            "common_stride": head.COMMON_STRIDE,
+        }
+
+    @torch.autocast("cuda", enabled=False)
+    def forward_features(self, features):
+        """
+        Returns:
+            mask_features (N, mask_dim, H/common_stride, W/common_stride),
+            the encoder output at the coarsest level (N, conv_dim, h, w),
+            multi_scale_features: the 3 coarsest outputs, low to high resolution.
+        """
+        srcs = []
+        pos = []
+        # Encoder levels from low to high resolution. Deformable attention runs in fp32.
+        for idx, f in enumerate(self.transformer_in_features[::-1]):
+            x = features[f].float()
+            srcs.append(self.input_proj[idx](x))
+            pos.append(self.pe_layer(x))
+
+        y, spatial_shapes, level_start_index = self.transformer(srcs, pos)
+        bs = y.shape[0]
+
+        level_sizes = spatial_shapes.prod(1).tolist()
+        out = [
+            z.transpose(1, 2).view(bs, -1, h, w)
+            for z, (h, w) in zip(torch.split(y, level_sizes, dim=1), spatial_shapes.tolist())
+        ]
+
+        # Extra FPN levels, from low to high resolution.
+        for idx, f in enumerate(self.in_features[: self.num_fpn_levels][::-1]):
+            x = features[f].float()
+            cur_fpn = self.lateral_convs[idx](x)
+            y = cur_fpn + F.interpolate(
+                out[-1], size=cur_fpn.shape[-2:], mode="bilinear", align_corners=False
+            )
+            out.append(self.output_convs[idx](y))
+
+        multi_scale_features = out[: self.maskformer_num_feature_levels]
+        return self.mask_features(out[-1]), out[0], multi_scale_features
