@@ -1,0 +1,127 @@
+"""Steps shared by the dataset mappers."""
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Instances
+
+from .color_augmentation import ColorAugSSDTransform
+
+# Value of padded image pixels, as upstream (mid-grey before normalisation).
+IMAGE_PAD_VALUE = 128
+# VOID in COCO panoptic PNGs.
+PANOPTIC_VOID = 0
+
+
+def mask_former_augmentations(cfg, crop):
+    """Resize, optional crop, optional SSD colour jitter, flip: MaskFormer's training augmentations."""
+    augmentations = [
+        T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augmentations.append(crop)
+    if cfg.INPUT.COLOR_AUG_SSD:
+        augmentations.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
+    augmentations.append(T.RandomFlip())
+    return augmentations
+
+
+def large_scale_jitter_augmentations(cfg):
+    """Flip, resize by a random factor of IMAGE_SIZE, then crop/pad to IMAGE_SIZE square (LSJ)."""
+    augmentations = []
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augmentations.append(
+            T.RandomFlip(
+                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+            )
+        )
+    size = cfg.INPUT.IMAGE_SIZE
+    augmentations += [
+        T.ResizeScale(
+            min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE, target_height=size, target_width=size
+        ),
+        T.FixedSizeCrop(crop_size=(size, size)),
+    ]
+    return augmentations
+
+
+def padding_to_divisible(height, width, divisibility):
+    """F.pad arguments (left, right, top, bottom) that pad H and W up to multiples of `divisibility`."""
+    if divisibility <= 0:
+        return [0, 0, 0, 0]
+    pad_h = -height % divisibility
+    pad_w = -width % divisibility
+    return [0, pad_w, 0, pad_h]
+
+
+def pad(tensor, padding, value):
+    if not any(padding):
+        return tensor
+    return F.pad(tensor, padding, value=value).contiguous()
+
+
+def image_to_tensor(image):
+    """HxWxC uint8 array -> CxHxW uint8 tensor."""
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def read_semantic_gt(file_name):
+    # Transforms are not implemented for uint16 images, so the labels go through float64.
+    return utils.read_image(file_name).astype("double")
+
+
+def instances_from_masks(image_shape, classes, masks):
+    """
+    Instances with ``gt_classes`` (int64) and ``gt_masks`` (an N x H x W bool tensor, as
+    MaskFormer's criterion takes them). Masks left empty by a crop are dropped, so every target
+    has pixels; an image without any target gives empty (0 x H x W) tensors, not an error.
+    """
+    instances = Instances(image_shape)
+    kept = [(c, m) for c, m in zip(classes, masks) if m.any()]
+    instances.gt_classes = torch.tensor([c for c, _ in kept], dtype=torch.int64)
+    if kept:
+        instances.gt_masks = BitMasks(torch.stack([torch.as_tensor(m, dtype=torch.bool) for _, m in kept])).tensor
+    else:
+        instances.gt_masks = torch.zeros((0,) + tuple(image_shape), dtype=torch.bool)
+    return instances
+
+
+def annotation_masks(annotations, height, width):
+    """Binary HxW masks of COCO-style annotations: polygons, RLE (compressed or not) or arrays."""
+    from detectron2.structures import polygons_to_bitmask
+    import pycocotools.mask as mask_util
+
+    masks = []
+    for annotation in annotations:
+        segmentation = annotation["segmentation"]
+        if isinstance(segmentation, list):
+            mask = polygons_to_bitmask(segmentation, height, width)
+        elif isinstance(segmentation, dict):
+            if isinstance(segmentation["counts"], list):
+                segmentation = mask_util.frPyObjects(segmentation, *segmentation["size"])
+            mask = mask_util.decode(segmentation)
+        elif isinstance(segmentation, np.ndarray) and segmentation.ndim == 2:
+            mask = segmentation
+        else:
+            raise ValueError(
+                f"Cannot convert a segmentation of type {type(segmentation).__name__} to a mask: expected "
+                "polygons (list of lists), COCO RLE (dict) or an HxW array."
+            )
+        if mask.shape != (height, width):
+            raise ValueError(f"An instance mask is {mask.shape} (HxW) but its image is {(height, width)}.")
+        masks.append(mask == 1)
+    return masks
+
+
+def transformed_annotations(dataset_dict, transforms, image_shape):
+    """Non-crowd annotations of a record, with the geometric transforms applied."""
+    annotations = []
+    for annotation in dataset_dict.pop("annotations"):
+        if annotation.get("iscrowd", 0):
+            continue
+        annotation.pop("keypoints", None)
+        annotations.append(utils.transform_instance_annotations(annotation, transforms, image_shape))
+    return annotations
