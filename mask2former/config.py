@@ -85,6 +85,7 @@ def add_maskformer2_config(cfg):
 
     # Keys of optional components. Engineers owning them add one call per function here
     # (each function is defined in this file, below).
+    add_custom_datasets_config(cfg)
 
 
 def add_swin_config(cfg):
@@ -106,3 +107,14 @@ def add_swin_config(cfg):
     cfg.MODEL.SWIN.PATCH_NORM = True
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.SWIN.USE_CHECKPOINT = False
+
+
+def add_custom_datasets_config(cfg):
+    """
+    DATASETS.CUSTOM: datasets to register from files, without code (mask2former/data/custom.py).
+
+    Each entry is one dataset as comma-separated key=value pairs, e.g.
+    "name=my_train,type=sem_seg,image_root=data/img,sem_seg_root=data/ann,classes=data/classes.yaml";
+    types: sem_seg, coco_instance, coco_panoptic. train_net.py registers them before training.
+    """
+    cfg.DATASETS.CUSTOM = []
