@@ -11,7 +11,9 @@ from mask2former.modeling.matcher import HungarianMatcher
 
 
 def pixel_centre_points(n, h, w):
-    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+    ys, xs = torch.meshgrid(
+        (torch.arange(h, dtype=torch.float64) + 0.5) / h, (torch.arange(w, dtype=torch.float64) + 0.5) / w, indexing="ij"
+    )
     return torch.stack([xs.flatten(), ys.flatten()], dim=-1)[None].double().repeat(n, 1, 1)
 
 

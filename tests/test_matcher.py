@@ -15,7 +15,9 @@ def naive_bce(logit, target):
 
 def pixel_centre_points(h, w):
     """Point coordinates hitting every pixel centre exactly (point_sample then reads raw pixels)."""
-    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+    ys, xs = torch.meshgrid(
+        (torch.arange(h, dtype=torch.float64) + 0.5) / h, (torch.arange(w, dtype=torch.float64) + 0.5) / w, indexing="ij"
+    )
     return torch.stack([xs.flatten(), ys.flatten()], dim=-1)[None].double()
 
 
