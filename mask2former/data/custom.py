@@ -50,6 +50,7 @@ __all__ = [
     "parse_dataset_spec",
     "register_custom_dataset",
     "register_custom_datasets",
+    "validate_custom_dataset",
     "load_sem_seg_folder",
     "load_coco_instance_json",
     "load_coco_panoptic_json",
@@ -441,6 +442,17 @@ def _prepare(spec):
             return copy.deepcopy(records)
 
     return loader, metadata
+
+
+def validate_custom_dataset(spec):
+    """
+    Check a dataset spec (dict or string) and all its files without registering it; returns the
+    number of images. Raises DatasetValidationError listing every problem.
+    """
+    if isinstance(spec, str):
+        spec = parse_dataset_spec(spec)
+    loader, _ = _prepare(dict(spec, validate=True))
+    return len(loader())
 
 
 def register_custom_dataset(spec):

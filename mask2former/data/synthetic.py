@@ -343,7 +343,7 @@ def _write_split(root, split, num_images, seed, height, width, first_image_id):
         )
 
 
-def _expected_marker(seed, splits, height, width):
+def _marker_contents(seed, splits, height, width):
     return {
         "version": FORMAT_VERSION,
         "seed": seed,
@@ -379,7 +379,7 @@ def generate(root, seed=DEFAULT_SEED, splits=None, height=DEFAULT_HEIGHT, width=
             first_image_id += num_images
         # The marker is written last: its presence means the dataset is complete.
         with open(os.path.join(staging, _MARKER), "w") as f:
-            json.dump(_expected_marker(seed, splits, height, width), f, indent=1)
+            json.dump(_marker_contents(seed, splits, height, width), f, indent=1)
         if os.path.isdir(root):
             shutil.rmtree(root)
         os.replace(staging, root)

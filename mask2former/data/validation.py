@@ -171,7 +171,12 @@ def validate_dataset_dicts(dataset_dicts, metadata=None, dataset_name="dataset",
     ignore_label = getattr(metadata, "ignore_label", 255) if metadata is not None else 255
     thing_classes = getattr(metadata, "thing_classes", None) if metadata is not None else None
 
-    for record in dataset_dicts:
+    dataset_dicts = list(dataset_dicts)
+    # Checking decodes every file: show progress on datasets big enough to take a while.
+    progress_every = max(len(dataset_dicts) // 10, 1) if len(dataset_dicts) >= 2000 else None
+    for index, record in enumerate(dataset_dicts):
+        if progress_every and index and index % progress_every == 0:
+            logger.info("Validating %s: %d/%d records checked", dataset_name, index, len(dataset_dicts))
         image_path = record.get("file_name")
         if image_path is None:
             report.add(f"record {record.get('image_id', '?')}", "has no 'file_name'")
