@@ -1,0 +1,308 @@
+"""MaskFormer meta-architecture: inference edge cases (naive references), input handling, training.
+
+Uses a fake backbone/head whose outputs the test controls; the real tiny model is covered by
+tests/test_golden_postprocess.py.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.structures import BitMasks, Instances
+from torch import nn
+
+from mask2former.maskformer_model import MaskFormer, masks_to_boxes, resize_to_output
+from mask2former.modeling.criterion import SetCriterion
+from mask2former.modeling.matcher import HungarianMatcher
+
+
+class Meta:
+    name = "fake"
+    thing_dataset_id_to_contiguous_id = {10: 0, 11: 1}  # classes 0, 1 are things, 2, 3 stuff
+
+
+class RecordingBackbone(nn.Module):
+    size_divisibility = 32
+
+    def forward(self, x):
+        self.last_input = x
+        return {"res2": x}
+
+
+class ImageHead(nn.Module):
+    """Masks at stride 4 from the image (1x1 conv of 4x4-average-pooled pixels), classes from the
+    image mean: every output is a function of the input the test can predict."""
+
+    num_classes = 4
+
+    def __init__(self, num_queries=5, in_channels=3):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.mask_weight = nn.Parameter(torch.randn(num_queries, in_channels, generator=g))
+        self.class_weight = nn.Parameter(torch.randn(num_queries, self.num_classes + 1, in_channels, generator=g))
+
+    def forward(self, features):
+        x = features["res2"]
+        pooled = F.avg_pool2d(x, 4)
+        masks = torch.einsum("qc,nchw->nqhw", self.mask_weight, pooled)
+        logits = torch.einsum("qkc,nc->nqk", self.class_weight, x.mean((2, 3)))
+        return {"pred_logits": logits, "pred_masks": masks, "aux_outputs": [{"pred_logits": logits * 0.5, "pred_masks": masks * 0.5}]}
+
+
+def make_model(semantic_on=True, panoptic_on=True, instance_on=True, topk=6, object_mask_threshold=0.0,
+               overlap_threshold=0.0, before_inference=True, num_channels=3):
+    head = ImageHead(in_channels=num_channels)
+    matcher = HungarianMatcher(cost_class=2, cost_mask=5, cost_dice=5, num_points=32)
+    weight_dict = {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0, "loss_ce_0": 2.0, "loss_mask_0": 5.0, "loss_dice_0": 5.0}
+    criterion = SetCriterion(4, matcher, weight_dict, 0.1, ["labels", "masks"], 32, 3.0, 0.75)
+    return MaskFormer(
+        backbone=RecordingBackbone(),
+        sem_seg_head=head,
+        criterion=criterion,
+        num_queries=5,
+        object_mask_threshold=object_mask_threshold,
+        overlap_threshold=overlap_threshold,
+        metadata=Meta(),
+        size_divisibility=32,
+        sem_seg_postprocess_before_inference=before_inference,
+        pixel_mean=[100.0, 110.0, 120.0][:num_channels],
+        pixel_std=[50.0, 60.0, 70.0][:num_channels],
+        semantic_on=semantic_on,
+        panoptic_on=panoptic_on,
+        instance_on=instance_on,
+        test_topk_per_image=topk,
+    ).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# naive references
+
+
+def naive_panoptic(mask_cls, mask_pred, num_classes, thing_classes, object_thr, overlap_thr):
+    """Pixel-by-pixel statement of the panoptic rule, written independently of the model's code."""
+    prob = torch.softmax(mask_cls.double(), -1)
+    q_count, h, w = mask_pred.shape
+    mprob = torch.sigmoid(mask_pred.double())
+    kept = [q for q in range(q_count) if prob[q].argmax() != num_classes and prob[q].max() > object_thr]
+    seg = [[0] * w for _ in range(h)]
+    info = []
+    if not kept:
+        return seg, info
+    owner = [[max(kept, key=lambda q: (prob[q].max() * mprob[q, y, x], -q)) for x in range(w)] for y in range(h)]
+    stuff_ids = {}
+    next_id = 0
+    for q in kept:
+        cls = int(prob[q].argmax())
+        won = [(y, x) for y in range(h) for x in range(w) if owner[y][x] == q]
+        full = sum(1 for y in range(h) for x in range(w) if mprob[q, y, x] >= 0.5)
+        visible = [(y, x) for (y, x) in won if mprob[q, y, x] >= 0.5]
+        if not won or full == 0 or not visible or len(won) / full < overlap_thr:
+            continue
+        if cls not in thing_classes and cls in stuff_ids:
+            seg_id = stuff_ids[cls]
+        else:
+            next_id += 1
+            seg_id = next_id
+            if cls not in thing_classes:
+                stuff_ids[cls] = seg_id
+            info.append({"id": seg_id, "isthing": cls in thing_classes, "category_id": cls})
+        for y, x in visible:
+            seg[y][x] = seg_id
+    return seg, info
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("thresholds", [(0.0, 0.0), (0.4, 0.6)])
+def test_panoptic_inference_matches_naive_pixel_rule(seed, thresholds):
+    g = torch.Generator().manual_seed(seed)
+    mask_cls = torch.randn(5, 5, generator=g) * 2
+    mask_cls[seed % 5, 2] += 4  # a confident stuff query
+    mask_cls[(seed + 1) % 5, 2] += 3  # a second query of the same stuff class
+    mask_pred = torch.randn(5, 6, 7, generator=g) * 3
+    model = make_model(object_mask_threshold=thresholds[0], overlap_threshold=thresholds[1])
+    seg, info = model.panoptic_inference(mask_cls, mask_pred)
+    ref_seg, ref_info = naive_panoptic(mask_cls, mask_pred, 4, {0, 1}, *thresholds)
+    assert seg.tolist() == ref_seg
+    assert info == ref_info
+
+
+def test_panoptic_without_kept_queries_is_all_void():
+    model = make_model()
+    mask_cls = torch.zeros(5, 5)
+    mask_cls[:, 4] = 5  # every query says "no object"
+    seg, info = model.panoptic_inference(mask_cls, torch.randn(5, 4, 4))
+    assert info == [] and seg.dtype == torch.int32 and not seg.any()
+
+
+def test_same_stuff_class_merges_into_one_segment():
+    model = make_model()
+    mask_cls = torch.full((5, 5), -10.0)
+    mask_cls[0, 3] = mask_cls[1, 3] = 10.0  # two "stuff 3" queries
+    mask_cls[2:, 4] = 10.0
+    mask_pred = torch.full((5, 4, 6), -10.0)
+    mask_pred[0, :, :3] = 10.0
+    mask_pred[1, :, 3:] = 10.0
+    seg, info = model.panoptic_inference(mask_cls, mask_pred)
+    assert info == [{"id": 1, "isthing": False, "category_id": 3}]
+    assert (seg == 1).all()
+
+
+def naive_boxes(masks):
+    return BitMasks(masks.bool()).get_bounding_boxes().tensor
+
+
+def test_masks_to_boxes_equals_detectron2_bitmasks():
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(4, 9, 11, dtype=torch.bool)
+    masks[0, 2:5, 3:8] = True
+    masks[1, 8, 10] = True
+    masks[3] = torch.rand(9, 11, generator=g) > 0.8
+    boxes = masks_to_boxes(masks.float())
+    assert torch.equal(boxes, naive_boxes(masks))
+    assert boxes[2].tolist() == [0, 0, 0, 0]
+    assert masks_to_boxes(torch.zeros(0, 3, 3)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("panoptic_on", [True, False])
+def test_instance_inference_topk_scores_and_boxes(panoptic_on):
+    g = torch.Generator().manual_seed(5)
+    mask_cls = torch.randn(5, 5, generator=g) * 2
+    mask_pred = torch.randn(5, 8, 9, generator=g) * 2
+    model = make_model(panoptic_on=panoptic_on, topk=7)
+    inst = model.instance_inference(mask_cls, mask_pred)
+    assert isinstance(inst, Instances) and inst.image_size == (8, 9)
+
+    prob = torch.softmax(mask_cls, -1)[:, :4]
+    pairs = sorted(((prob[q, c].item(), q, c) for q in range(5) for c in range(4)), reverse=True)[:7]
+    if panoptic_on:
+        pairs = [p for p in pairs if p[2] in (0, 1)]
+    expected = []
+    for score, q, c in pairs:
+        binary = mask_pred[q] > 0
+        mean_prob = torch.sigmoid(mask_pred[q])[binary].sum().item() / (binary.sum().item() + 1e-6)
+        expected.append((c, score * mean_prob, binary))
+    expected.sort(key=lambda e: e[1])
+    order = inst.scores.argsort()
+    assert inst.pred_classes[order].tolist() == [e[0] for e in expected]
+    torch.testing.assert_close(inst.scores[order], torch.tensor([e[1] for e in expected]), rtol=1e-5, atol=0)
+    masks = torch.stack([e[2] for e in expected]) if expected else torch.zeros(0, 8, 9, dtype=torch.bool)
+    assert torch.equal(inst.pred_masks[order].bool(), masks)
+    assert torch.equal(inst.pred_boxes.tensor[order], naive_boxes(masks))
+
+
+def test_instance_topk_larger_than_queries_times_classes_keeps_everything():
+    model = make_model(panoptic_on=False, topk=100)
+    inst = model.instance_inference(torch.randn(5, 5), torch.randn(5, 4, 4))
+    assert len(inst) == 20
+
+
+# ----------------------------------------------------------------------------------------------
+# forward: preprocessing, padding, resizing
+
+
+def test_forward_normalises_pads_and_resizes_to_requested_size():
+    model = make_model()
+    image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8)
+    with torch.no_grad():
+        (out,) = model([{"image": image, "height": 80, "width": 100}])
+    fed = model.backbone.last_input
+    assert fed.shape == (1, 3, 64, 64)
+    expected = (image.float() - torch.tensor([100.0, 110, 120]).view(3, 1, 1)) / torch.tensor([50.0, 60, 70]).view(3, 1, 1)
+    assert torch.equal(fed[0, :, :40, :50], expected)
+    assert not fed[0, :, 40:].any() and not fed[0, :, :, 50:].any()
+    assert out["sem_seg"].shape == (4, 80, 100)
+    assert out["panoptic_seg"][0].shape == (80, 100)
+    assert out["instances"].image_size == (80, 100)
+
+    # The same numbers by hand: upsample to the padded size, crop, resize to the output size.
+    outputs = model.sem_seg_head({"res2": fed})
+    masks = F.interpolate(outputs["pred_masks"], size=(64, 64), mode="bilinear", align_corners=False)[0, :, :40, :50]
+    masks = F.interpolate(masks[None], size=(80, 100), mode="bilinear", align_corners=False)[0]
+    sem = torch.einsum("qc,qhw->chw", torch.softmax(outputs["pred_logits"][0], -1)[:, :-1], masks.sigmoid())
+    torch.testing.assert_close(out["sem_seg"], sem, rtol=1e-6, atol=1e-6)
+
+
+def test_semantic_only_resizes_the_result_instead_of_the_masks():
+    model = make_model(panoptic_on=False, instance_on=False, before_inference=False)
+    image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8)
+    with torch.no_grad():
+        (out,) = model([{"image": image, "height": 20, "width": 25}])
+        outputs = model.sem_seg_head({"res2": model.backbone.last_input})
+    masks = F.interpolate(outputs["pred_masks"], size=(64, 64), mode="bilinear", align_corners=False)[0]
+    sem = torch.einsum("qc,qhw->chw", torch.softmax(outputs["pred_logits"][0], -1)[:, :-1], masks.sigmoid())
+    sem = F.interpolate(sem[None, :, :40, :50], size=(20, 25), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(out["sem_seg"], sem, rtol=1e-6, atol=1e-6)
+    assert set(out) == {"sem_seg"}
+
+
+def test_resize_to_output_is_detectron2_sem_seg_postprocess():
+    from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+    x = torch.randn(3, 32, 32)
+    for size in [(20, 30), (30, 20)]:
+        assert torch.equal(resize_to_output(x, (20, 30), *size), sem_seg_postprocess(x, (20, 30), *size))
+
+
+def test_image_smaller_than_size_divisibility_and_grey_and_numpy_inputs():
+    model = make_model()
+    with torch.no_grad():
+        (small,) = model([{"image": torch.full((3, 5, 7), 128, dtype=torch.uint8)}])
+        assert model.backbone.last_input.shape[-2:] == (32, 32)
+        assert small["sem_seg"].shape == (4, 5, 7)
+
+        grey = torch.randint(0, 256, (1, 32, 32), dtype=torch.uint8)
+        (a,) = model([{"image": grey}])
+        (b,) = model([{"image": grey.expand(3, -1, -1).clone()}])
+        assert torch.equal(a["sem_seg"], b["sem_seg"])
+
+        rgb = np.random.RandomState(0).randint(0, 256, (3, 32, 32)).astype(np.uint8)
+        (c,) = model([{"image": rgb}])
+        (d,) = model([{"image": torch.from_numpy(rgb).float()}])
+        assert torch.equal(c["sem_seg"], d["sem_seg"])
+
+
+@pytest.mark.parametrize(
+    "image,error,match",
+    [
+        (torch.zeros(4, 32, 32, dtype=torch.uint8), ValueError, "4 channels|RGBA"),
+        (torch.zeros(32, 32, 3, dtype=torch.uint8), ValueError, "permute it to C, H, W"),
+        (torch.full((3, 8, 8), 1000, dtype=torch.int16), ValueError, r"values in \[1000, 1000\]"),
+        (torch.zeros(3, 8, 8, dtype=torch.bool), TypeError, "dtype torch.bool"),
+        (torch.zeros(3, 0, 8, dtype=torch.uint8), ValueError, "empty"),
+        ([[0, 1]], TypeError, "must be a torch.Tensor"),
+    ],
+)
+def test_bad_images_give_clear_errors(image, error, match):
+    with pytest.raises(error, match=match):
+        make_model()([{"image": image}])
+
+
+def test_training_forward_returns_weighted_losses():
+    model = make_model().train()
+    image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8)
+    instances = Instances((40, 50))
+    instances.gt_classes = torch.tensor([1, 3])
+    gt = torch.zeros(2, 40, 50, dtype=torch.bool)
+    gt[0, 5:20, 5:30] = True
+    gt[1, 25:, :] = True
+    instances.gt_masks = gt
+    torch.manual_seed(0)
+    losses = model([{"image": image, "instances": instances}])
+    torch.manual_seed(0)
+    images = model.preprocess_image([{"image": image}])
+    raw = model.criterion(model.sem_seg_head({"res2": images.tensor}),
+                          [{"labels": instances.gt_classes, "masks": F.pad(gt, (0, 14, 0, 24))}])
+    assert list(losses) == list(raw)
+    for k in raw:
+        assert torch.equal(losses[k], raw[k] * model.criterion.weight_dict[k])
+
+    instances.gt_masks = BitMasks(gt)  # BitMasks are accepted too
+    torch.manual_seed(0)
+    again = model([{"image": image, "instances": instances}])
+    assert all(torch.equal(again[k], losses[k]) for k in losses)
+
+
+def test_pixel_stats_are_non_persistent_and_semantic_off_needs_postprocess_first():
+    model = make_model()
+    assert "pixel_mean" not in model.state_dict() and "criterion.empty_weight" in model.state_dict()
+    with pytest.raises(ValueError, match="SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE"):
+        make_model(semantic_on=False, panoptic_on=False, instance_on=False, before_inference=False)
