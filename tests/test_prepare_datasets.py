@@ -290,3 +290,54 @@ def test_prepare_ade20k_ins_seg(tmp_path):
             rle = dict(annotation["segmentation"], counts=annotation["segmentation"]["counts"].encode())
             assert annotation["segmentation"]["size"] == [6, 8]
             np.testing.assert_array_equal(mask_util.decode(rle).astype(bool), expected)
+
+
+# ---------------------------------------------------------------- ADE20K-full
+
+
+def seg_png_color(object_class):
+    """The R, G of an ADE20K *_seg.png encoding `object_class` as (R // 10) * 256 + G."""
+    return [object_class // 256 * 10 + 3, object_class % 256, 0]
+
+
+def test_prepare_ade20k_full_sem_seg(tmp_path):
+    import pickle
+
+    script = load_script("prepare_ade20k_full_sem_seg")
+    folder = os.path.join("ADE20K_2021_17_01", "images", "ADE")
+    # A small validation image: wall (object class 2978, label 0) on top, bed (165, label 7) below,
+    # and an object class outside the 847 (1) in the last column.
+    small = np.zeros((4, 6, 3), dtype=np.uint8)
+    small[:2] = seg_png_color(2978)
+    small[2:] = seg_png_color(165)
+    small[:, 5] = seg_png_color(1)
+    # A 520x600 training image: shorter side 520 > 512, so it becomes 512 x round(600 / 520 * 512).
+    large = np.zeros((520, 600, 3), dtype=np.uint8)
+    large[:, :300] = seg_png_color(3148)  # "adding machine", label 846
+    large[:, 300:] = seg_png_color(312)  # "building, edifice", label 1
+    for file_name, seg in [("ADE_val_00000001", small), ("ADE_train_00000001", large)]:
+        save_png(str(tmp_path / folder / f"{file_name}_seg.png"), seg)
+        save_jpg(str(tmp_path / folder / f"{file_name}.jpg"), *seg.shape[:2])
+    with open(tmp_path / "ADE20K_2021_17_01" / "index_ade20k.pkl", "wb") as f:
+        pickle.dump({"folder": [folder, folder], "filename": ["ADE_val_00000001.jpg", "ADE_train_00000001.jpg"]}, f)
+
+    script.main(["--root", str(tmp_path)])
+
+    output = tmp_path / "ADE20K_2021_17_01"
+    labels = np.asarray(Image.open(output / "annotations_detectron2" / "validation" / "ADE_val_00000001.tif"))
+    assert labels.dtype == np.uint16
+    expected = np.array([[0] * 5 + [65535]] * 2 + [[7] * 5 + [65535]] * 2)
+    np.testing.assert_array_equal(labels, expected)
+    assert Image.open(output / "images_detectron2" / "validation" / "ADE_val_00000001.jpg").size == (6, 4)
+
+    labels = np.asarray(Image.open(output / "annotations_detectron2" / "training" / "ADE_train_00000001.tif"))
+    assert labels.shape == (512, 591)
+    assert (labels[:, :290] == 846).all() and (labels[:, 300:] == 1).all()
+    assert set(np.unique(labels).tolist()) == {1, 846}
+    assert Image.open(output / "images_detectron2" / "training" / "ADE_train_00000001.jpg").size == (591, 512)
+
+
+def test_prepare_ade20k_full_sem_seg_names_a_missing_index(tmp_path):
+    script = load_script("prepare_ade20k_full_sem_seg")
+    with pytest.raises(FileNotFoundError, match="index_ade20k.pkl"):
+        script.main(["--root", str(tmp_path)])
