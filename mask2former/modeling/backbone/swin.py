@@ -368,7 +368,7 @@ class SwinTransformer(nn.Module):
         self.pos_drop = nn.Dropout(p=drop_rate)
 
         # Stochastic depth grows linearly over all blocks of all stages.
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
 
         self.layers = nn.ModuleList()
         for i_layer in range(self.num_layers):
