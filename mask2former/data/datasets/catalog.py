@@ -24,7 +24,7 @@ class DatasetLayoutError(FileNotFoundError):
 
 
 def datasets_root() -> str:
-    """The folder every builtin dataset is registered under: $DETECTRON2_DATASETS, default ./datasets."""
+    """The folder of the builtin datasets: $DETECTRON2_DATASETS, by default ./datasets."""
     return os.getenv("DETECTRON2_DATASETS", "datasets")
 
 
@@ -52,7 +52,10 @@ def require_paths(
     missing = [(path, what) for path, what in required if not os.path.exists(path)]
     if not missing:
         return
-    lines = [f"Dataset '{dataset_name}' cannot be loaded: {len(missing)} expected path(s) are missing."]
+    lines = [
+        f"Dataset '{dataset_name}' cannot be loaded: "
+        f"{len(missing)} expected path(s) are missing."
+    ]
     if not os.path.isdir(root):
         lines.append(
             f"The dataset root '{root}' does not exist "
@@ -83,7 +86,9 @@ def guarded_loader(
     return load
 
 
-def require_first_record_files(dataset_name: str, records: list, keys: Dict[str, str], readme_section: str):
+def require_first_record_files(
+    dataset_name: str, records: list, keys: Dict[str, str], readme_section: str
+) -> None:
     """
     Check that the files of the first record exist, as a cheap guard against an annotation file
     that does not match the image/annotation folders (checking every record would stat the whole

@@ -11,7 +11,9 @@ from .catalog import require_first_record_files, require_paths
 __all__ = ["load_panoptic_json_with_sem_seg", "panoptic_metadata"]
 
 
-def panoptic_metadata(categories: Sequence[dict], every_class_is_a_thing_class: bool = False) -> dict:
+def panoptic_metadata(
+    categories: Sequence[dict], every_class_is_a_thing_class: bool = False
+) -> dict:
     """
     Metadata of a panoptic dataset whose contiguous ids follow the order of `categories`
     (dicts with id, name, color, isthing).
@@ -83,7 +85,8 @@ def load_panoptic_json_with_sem_seg(
         if category_id in stuff_ids:
             return dict(segment, category_id=stuff_ids[category_id], isthing=False)
         raise ValueError(
-            f"{json_file}: segment {segment.get('id')} of {file_name} has category_id {category_id}, "
+            f"{json_file}: segment {segment.get('id')} of {file_name} "
+            f"has category_id {category_id}, "
             f"which is not a category of dataset '{dataset_name}'"
         )
 

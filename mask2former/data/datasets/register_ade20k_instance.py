@@ -44,7 +44,10 @@ def register_all_ade20k_instance(root=None):
             guarded_loader(
                 name,
                 root,
-                [(json_file, "instance json, made by datasets/prepare_ade20k_ins_seg.py"), (image_root, "image folder")],
+                [
+                    (json_file, "instance json, made by datasets/prepare_ade20k_ins_seg.py"),
+                    (image_root, "image folder"),
+                ],
                 README_SECTION,
                 lambda json_file=json_file, image_root=image_root, name=name: load_coco_json(
                     json_file, image_root, name

@@ -11,7 +11,8 @@ README_SECTION = "ADE20K"
 
 # name -> (image folder, panoptic PNG folder, panoptic json, semantic PNG folder, instance json),
 # relative to the datasets root; the panoptic and instance files are made by
-# prepare_ade20k_pan_seg.py / prepare_ade20k_ins_seg.py, the semantic PNGs by prepare_ade20k_sem_seg.py.
+# prepare_ade20k_pan_seg.py / prepare_ade20k_ins_seg.py, the semantic PNGs by
+# prepare_ade20k_sem_seg.py.
 _PREDEFINED_SPLITS_ADE20K_PANOPTIC = {
     "ade20k_panoptic_train": (
         "ADEChallengeData2016/images/training",

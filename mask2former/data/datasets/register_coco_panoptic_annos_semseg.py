@@ -11,7 +11,11 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from .catalog import datasets_root, register_dataset
 from .panoptic_json import load_panoptic_json_with_sem_seg, panoptic_metadata
 
-__all__ = ["get_metadata", "register_all_coco_panoptic_annos_sem_seg", "register_coco_panoptic_annos_sem_seg"]
+__all__ = [
+    "get_metadata",
+    "register_all_coco_panoptic_annos_sem_seg",
+    "register_coco_panoptic_annos_sem_seg",
+]
 
 README_SECTION = "COCO"
 

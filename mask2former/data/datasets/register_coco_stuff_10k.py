@@ -1,4 +1,4 @@
-"""COCO-Stuff-10k semantic segmentation (171 classes): `coco_2017_{train,test}_stuff_10k_sem_seg`."""
+"""COCO-Stuff-10k semantic segmentation (171 classes): coco_2017_{train,test}_stuff_10k_sem_seg."""
 import os
 
 from .catalog import datasets_root

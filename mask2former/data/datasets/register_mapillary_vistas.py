@@ -1,4 +1,4 @@
-"""Mapillary Vistas v1.2 semantic segmentation (65 classes): `mapillary_vistas_sem_seg_{train,val}`."""
+"""Mapillary Vistas v1.2 semantic segmentation, 65 classes: mapillary_vistas_sem_seg_{train,val}."""
 import os
 
 from .catalog import datasets_root

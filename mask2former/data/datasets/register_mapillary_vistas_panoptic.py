@@ -5,7 +5,11 @@ from .catalog import datasets_root, register_dataset
 from .categories import mapillary_vistas_categories
 from .panoptic_json import load_panoptic_json_with_sem_seg, panoptic_metadata
 
-__all__ = ["get_metadata", "register_all_mapillary_vistas_panoptic", "register_mapillary_vistas_panoptic"]
+__all__ = [
+    "get_metadata",
+    "register_all_mapillary_vistas_panoptic",
+    "register_mapillary_vistas_panoptic",
+]
 
 README_SECTION = "Mapillary Vistas"
 
