@@ -5,6 +5,7 @@ evaluators, pycocotools, panopticapi, cityscapesscripts).
 ``evaluator_type`` metadata exactly as upstream's ``train_net.py`` does.
 """
 from .build import build_evaluator
+from .cityscapes_evaluation import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
 from .coco_evaluation import COCOEvaluator
 from .instance_evaluation import InstanceSegEvaluator
 from .panoptic_evaluation import COCOPanopticEvaluator, pq_from_files
@@ -12,6 +13,8 @@ from .sem_seg_evaluation import SemSegEvaluator
 
 __all__ = [
     "build_evaluator",
+    "CityscapesInstanceEvaluator",
+    "CityscapesSemSegEvaluator",
     "COCOEvaluator",
     "COCOPanopticEvaluator",
     "InstanceSegEvaluator",

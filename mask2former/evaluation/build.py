@@ -2,14 +2,10 @@
 import os
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import (
-    CityscapesInstanceEvaluator,
-    CityscapesSemSegEvaluator,
-    DatasetEvaluators,
-    LVISEvaluator,
-)
+from detectron2.evaluation import DatasetEvaluators, LVISEvaluator
 from detectron2.utils import comm
 
+from .cityscapes_evaluation import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
 from .coco_evaluation import COCOEvaluator
 from .instance_evaluation import InstanceSegEvaluator
 from .panoptic_evaluation import COCOPanopticEvaluator
