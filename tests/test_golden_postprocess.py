@@ -123,6 +123,7 @@ def build_golden_model():
     cfg = get_cfg()
     add_maskformer2_config(cfg)
     cfg.merge_from_file(os.path.join(GOLDEN, "config.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
     register_golden_metadata()
     try:
         model = build_model(cfg)

@@ -1,0 +1,243 @@
+"""Loading Mask2Former checkpoints with a complete report and no silent partial loads.
+
+:class:`Mask2FormerCheckpointer` is a drop-in :class:`detectron2.checkpoint.DetectionCheckpointer`
+(same file formats: ``.pth``, model-zoo ``.pkl`` with numpy arrays, converted backbone ``.pkl``
+files matched by name heuristics, Caffe2 ``.pkl``) that checks the checkpoint against the model
+**before** copying anything and then:
+
+* **full-model checkpoint** (it holds weights outside ``backbone.``, e.g. a published
+  Mask2Former model): every model entry must be present with the model's shape and the checkpoint
+  must have nothing else; otherwise :class:`CheckpointMismatchError` lists the missing, unexpected
+  and mis-shaped keys and the model is left untouched;
+* **backbone-only checkpoint** (an ImageNet initialisation such as ``R-50.pkl`` or a converted Swin
+  ``.pkl``): the head is expected to be missing and a classifier may be left over; both are
+  reported (warning) and allowed. A mis-shaped entry is still an error.
+
+Keys the caller deliberately re-initialises (fine-tuning with another number of classes, say) are
+allowed with ``allowed_mismatch``: regular expressions matched (``re.search``) against key names.
+The report of the last load is ``checkpointer.last_report``.
+"""
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from detectron2.layers import FrozenBatchNorm2d
+
+logger = logging.getLogger(__name__)
+
+# Non-persistent in this model, persistent in some old checkpoints: safe to ignore.
+_IGNORED_UNEXPECTED = ("pixel_mean", "pixel_std")
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint does not fit the model; nothing was loaded."""
+
+
+def _group(keys: Sequence[str], limit: int = 60) -> str:
+    lines = [f"    {k}" for k in sorted(keys)[:limit]]
+    if len(keys) > limit:
+        lines.append(f"    ... and {len(keys) - limit} more")
+    return "\n".join(lines)
+
+
+@dataclass
+class CheckpointReport:
+    """What a checkpoint provides for a model.
+
+    Attributes:
+        source: file name (or a description).
+        kind: "full" (weights outside the backbone) or "backbone" (backbone initialisation only).
+        loaded: model keys that receive a value.
+        missing: model keys the checkpoint does not provide.
+        unexpected: checkpoint keys that match no model key.
+        mis_shaped: (key, shape in checkpoint, shape in model).
+        defaulted: FrozenBatchNorm running statistics absent from an old-format backbone checkpoint;
+            set to mean 0 / variance 1, as detectron2 does.
+        allowed: keys among the above tolerated by ``allowed_mismatch``.
+    """
+
+    source: str
+    kind: str
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mis_shaped: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+    defaulted: List[str] = field(default_factory=list)
+    allowed: List[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> List[str]:
+        """Mismatches that make loading fail under the rules of the module docstring."""
+        allowed = set(self.allowed)
+        problems = [f"mis-shaped: {k}" for k, _, _ in self.mis_shaped if k not in allowed]
+        if self.kind == "full":
+            problems += [f"missing: {k}" for k in self.missing if k not in allowed]
+            problems += [f"unexpected: {k}" for k in self.unexpected if k not in allowed]
+        if not self.loaded:
+            problems.append("no checkpoint entry matches a model entry: wrong file or wrong config?")
+        return problems
+
+    def __str__(self):
+        kind = "full model" if self.kind == "full" else "backbone only"
+        parts = [f"Checkpoint {self.source} ({kind}): {len(self.loaded)} model entries loaded"]
+        if self.missing:
+            parts.append(f"  {len(self.missing)} model entries missing from the checkpoint:\n" + _group(self.missing))
+        if self.unexpected:
+            parts.append(f"  {len(self.unexpected)} checkpoint entries not in the model:\n" + _group(self.unexpected))
+        if self.mis_shaped:
+            rows = [f"{k}: checkpoint {tuple(c)} vs model {tuple(m)}" for k, c, m in self.mis_shaped]
+            parts.append(f"  {len(rows)} entries with different shapes:\n" + _group(rows))
+        if self.defaulted:
+            parts.append(
+                f"  {len(self.defaulted)} FrozenBatchNorm running statistics absent (old format), "
+                "set to mean 0 / var 1:\n" + _group(self.defaulted, limit=8)
+            )
+        if self.allowed:
+            parts.append(f"  allowed by allowed_mismatch: {len(self.allowed)} entries")
+        return "\n".join(parts)
+
+
+def _to_tensors(state_dict: Dict) -> Dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state_dict.items():
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(np.ascontiguousarray(v))
+        elif not isinstance(v, torch.Tensor):
+            raise CheckpointMismatchError(f"checkpoint entry '{k}' is a {type(v).__name__}, not an array or tensor")
+        out[k] = v
+    return out
+
+
+def _strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _frozen_bn_running_stats(model: torch.nn.Module) -> set:
+    keys = set()
+    for name, module in model.named_modules():
+        if isinstance(module, FrozenBatchNorm2d):
+            prefix = name + "." if name else ""
+            keys.update({prefix + "running_mean", prefix + "running_var"})
+    return keys
+
+
+def inspect_checkpoint(
+    model: torch.nn.Module,
+    state_dict: Dict[str, torch.Tensor],
+    source: str = "<state_dict>",
+    heuristic: bool = False,
+    allowed_mismatch: Iterable[str] = (),
+) -> CheckpointReport:
+    """Compares a checkpoint state dict with ``model.state_dict()`` without loading anything.
+
+    Args:
+        heuristic: the state dict came out of detectron2's ``align_and_update_state_dicts``:
+            entries it could not match keep their original names and are matched here by name
+            suffix only to tell mis-shaped entries from unexpected ones. Such checkpoints count as
+            backbone-only unless they provide weights outside ``backbone.``.
+    """
+    model_state = model.state_dict()
+    report = CheckpointReport(source=source, kind="backbone")
+    for key, value in state_dict.items():
+        if key in model_state:
+            if tuple(value.shape) == tuple(model_state[key].shape):
+                report.loaded.append(key)
+            else:
+                report.mis_shaped.append((key, tuple(value.shape), tuple(model_state[key].shape)))
+            continue
+        if key in _IGNORED_UNEXPECTED:
+            continue
+        suffix_matches = [m for m in model_state if m.endswith("." + key)] if heuristic else []
+        if len(suffix_matches) == 1:
+            target = suffix_matches[0]
+            report.mis_shaped.append((target, tuple(value.shape), tuple(model_state[target].shape)))
+        else:
+            report.unexpected.append(key)
+    provided = set(report.loaded) | {k for k, _, _ in report.mis_shaped}
+    if not heuristic:
+        provided |= set(report.unexpected)
+    if any(not k.startswith("backbone.") for k in provided):
+        report.kind = "full"
+    report.missing = [k for k in model_state if k not in provided]
+    if report.kind == "backbone":
+        frozen = _frozen_bn_running_stats(model)
+        report.defaulted = [k for k in report.missing if k in frozen]
+        report.missing = [k for k in report.missing if k not in frozen]
+    patterns = [re.compile(p) for p in allowed_mismatch]
+    mismatched = report.missing + report.unexpected + [k for k, _, _ in report.mis_shaped]
+    report.allowed = [k for k in mismatched if any(p.search(k) for p in patterns)]
+    return report
+
+
+class Mask2FormerCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that refuses mismatching full-model checkpoints (see module docstring).
+
+    Args:
+        allowed_mismatch: regular expressions of keys that may be missing, unexpected or
+            mis-shaped (they keep the model's initialisation).
+        Other arguments as :class:`DetectionCheckpointer`.
+    """
+
+    def __init__(self, model, save_dir="", *, allowed_mismatch: Iterable[str] = (), save_to_disk=None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.allowed_mismatch = tuple(allowed_mismatch)
+        self.last_report: Optional[CheckpointReport] = None
+        self._source = "<checkpoint>"
+
+    def _load_file(self, filename):
+        self._source = filename
+        return super()._load_file(filename)
+
+    def _load_model(self, checkpoint):
+        state_dict = _strip_prefix(_to_tensors(checkpoint.pop("model")), "module.")
+        model_state = self.model.state_dict()
+        heuristic = bool(checkpoint.get("matching_heuristics", False))
+        if heuristic:
+            # Renames what it can match to model names; keeps the rest (and mis-shaped entries)
+            # under their original names.
+            state_dict = align_and_update_state_dicts(
+                model_state, state_dict, c2_conversion=checkpoint.get("__author__", None) == "Caffe2"
+            )
+        report = inspect_checkpoint(self.model, state_dict, self._source, heuristic, self.allowed_mismatch)
+        self.last_report = report
+
+        if report.problems:
+            kinds = Counter(p.split(":")[0] for p in report.problems)
+            summary = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+            raise CheckpointMismatchError(
+                f"{report}\nNothing was loaded: the checkpoint does not fit the model ({summary}). "
+                "Pass allowed_mismatch=[regex, ...] to re-initialise specific entries deliberately."
+            )
+        if report.missing or report.unexpected or report.mis_shaped or report.defaulted:
+            logger.warning(str(report))
+        else:
+            logger.info(str(report))
+
+        loadable = {k: v for k, v in state_dict.items() if k in model_state and tuple(v.shape) == tuple(model_state[k].shape)}
+        incompatible = self.model.load_state_dict(loadable, strict=False)
+        unreported = set(incompatible.missing_keys) - set(report.missing) - set(report.defaulted)
+        unreported -= {k for k, _, _ in report.mis_shaped}
+        if unreported:
+            raise CheckpointMismatchError(f"internal: entries left unloaded without report: {sorted(unreported)}")
+        return None
+
+    def load(self, path, *args, **kwargs):
+        self.last_report = None
+        return super().load(path, *args, **kwargs)
+
+
+def load_checkpoint(model, path: str, allowed_mismatch: Iterable[str] = ()) -> CheckpointReport:
+    """Loads the model weights of ``path`` into ``model``; returns the report (raises on mismatch)."""
+    checkpointer = Mask2FormerCheckpointer(model, allowed_mismatch=allowed_mismatch)
+    checkpointer.load(path)
+    if checkpointer.last_report is None:
+        raise CheckpointMismatchError(f"{path}: no model weights were read")
+    return checkpointer.last_report

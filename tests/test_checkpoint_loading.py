@@ -1,0 +1,170 @@
+"""Mask2FormerCheckpointer: complete reports, errors before any copy, backbone-only initialisation."""
+import os
+import pickle
+
+import pytest
+import torch
+from detectron2.layers import FrozenBatchNorm2d
+from torch import nn
+
+from mask2former.utils.checkpoint import CheckpointMismatchError, Mask2FormerCheckpointer, load_checkpoint
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden", "tiny_swin_panoptic")
+
+
+class Backbone(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.norm = FrozenBatchNorm2d(4)
+        self.layers = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 8))
+
+
+class Head(nn.Module):
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.class_embed = nn.Linear(8, num_classes + 1)
+        self.mask_embed = nn.Linear(8, 8)
+
+
+class TinyModel(nn.Module):
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.backbone = Backbone()
+        self.sem_seg_head = Head(num_classes)
+        self.register_buffer("empty_weight", torch.ones(num_classes + 1))
+        self.register_buffer("pixel_mean", torch.zeros(3, 1, 1), False)
+
+
+def fresh(seed, num_classes=5):
+    torch.manual_seed(seed)
+    return TinyModel(num_classes)
+
+
+def assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def save_pth(tmp_path, state, name="model.pth"):
+    path = str(tmp_path / name)
+    torch.save({"model": state, "iteration": 7}, path)
+    return path
+
+
+def test_full_checkpoint_round_trip_pth_and_model_zoo_pkl(tmp_path):
+    source = fresh(0)
+    target = fresh(1)
+    report = load_checkpoint(target, save_pth(tmp_path, source.state_dict()))
+    assert_same_state(source, target)
+    assert report.kind == "full" and not (report.missing or report.unexpected or report.mis_shaped)
+
+    pkl = str(tmp_path / "model_final.pkl")
+    with open(pkl, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in source.state_dict().items()}, "__author__": "test"}, f)
+    target = fresh(2)
+    load_checkpoint(target, pkl)
+    assert_same_state(source, target)
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (lambda sd: sd.pop("sem_seg_head.mask_embed.bias"), "missing: sem_seg_head.mask_embed.bias"),
+        (lambda sd: sd.update({"sem_seg_head.extra.weight": torch.zeros(2)}), "unexpected: sem_seg_head.extra.weight"),
+        (lambda sd: sd.update({"backbone.stem.weight": torch.zeros(4, 3, 5, 5)}), "mis-shaped: backbone.stem.weight"),
+    ],
+)
+def test_mismatching_full_checkpoint_is_refused_and_nothing_is_loaded(tmp_path, edit, expected):
+    state = fresh(0).state_dict()
+    edit(state)
+    target = fresh(1)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    checkpointer = Mask2FormerCheckpointer(target)
+    with pytest.raises(CheckpointMismatchError, match="Nothing was loaded") as info:
+        checkpointer.load(save_pth(tmp_path, state))
+    assert expected in checkpointer.last_report.problems
+    assert expected.split(": ")[1] in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+def test_mis_shaped_report_names_both_shapes(tmp_path):
+    state = fresh(0, num_classes=9).state_dict()
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_checkpoint(fresh(1), save_pth(tmp_path, state))
+    assert "sem_seg_head.class_embed.weight: checkpoint (10, 8) vs model (6, 8)" in str(info.value)
+    assert "empty_weight: checkpoint (10,) vs model (6,)" in str(info.value)
+
+
+def test_allowed_mismatch_reinitialises_only_the_named_entries(tmp_path):
+    source = fresh(0, num_classes=9)
+    target = fresh(1)
+    kept = {k: v.clone() for k, v in target.state_dict().items()}
+    report = load_checkpoint(
+        target, save_pth(tmp_path, source.state_dict()), allowed_mismatch=[r"class_embed\.", r"^empty_weight$"]
+    )
+    assert sorted(report.allowed) == ["empty_weight", "sem_seg_head.class_embed.bias", "sem_seg_head.class_embed.weight"]
+    for k, v in target.state_dict().items():
+        expected = kept[k] if k in report.allowed else source.state_dict()[k]
+        assert torch.equal(v, expected), k
+
+
+def test_backbone_only_pkl_with_name_heuristics_reports_and_allows_the_head(tmp_path, caplog):
+    """A converted ImageNet backbone: names without the 'backbone.' prefix, a classifier left
+    over, no FrozenBN running statistics (old format)."""
+    source = fresh(0)
+    blobs = {
+        k[len("backbone."):]: v.numpy()
+        for k, v in source.state_dict().items()
+        if k.startswith("backbone.") and "running_" not in k
+    }
+    blobs["head.weight"] = torch.zeros(1000, 8).numpy()
+    path = str(tmp_path / "swin_like.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"model": blobs, "__author__": "third_party", "matching_heuristics": True}, f)
+
+    target = fresh(1)
+    head_before = {k: v.clone() for k, v in target.state_dict().items() if not k.startswith("backbone.")}
+    with caplog.at_level("WARNING"):
+        report = load_checkpoint(target, path)
+    assert report.kind == "backbone"
+    assert report.unexpected == ["head.weight"]
+    assert sorted(report.missing) == sorted(["empty_weight"] + [k for k in head_before if k.startswith("sem_seg_head.")])
+    assert sorted(report.defaulted) == ["backbone.norm.running_mean", "backbone.norm.running_var"]
+    assert "model entries missing from the checkpoint" in caplog.text and "head.weight" in caplog.text
+    state = target.state_dict()
+    for k, v in source.state_dict().items():
+        if k.startswith("backbone.") and "running_" not in k:
+            assert torch.equal(state[k], v), k
+    assert torch.equal(state["backbone.norm.running_var"], torch.ones(4))
+    assert all(torch.equal(state[k], v) for k, v in head_before.items())
+
+
+def test_backbone_only_mis_shaped_entry_is_an_error(tmp_path):
+    blobs = {"stem.weight": torch.zeros(4, 3, 7, 7).numpy(), "stem.bias": torch.zeros(4).numpy()}
+    path = str(tmp_path / "bad_backbone.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"model": blobs, "__author__": "third_party", "matching_heuristics": True}, f)
+    with pytest.raises(CheckpointMismatchError, match=r"backbone.stem.weight: checkpoint \(4, 3, 7, 7\) vs model \(4, 3, 3, 3\)"):
+        load_checkpoint(fresh(1), path)
+
+
+def test_checkpoint_matching_nothing_is_an_error(tmp_path):
+    path = save_pth(tmp_path, {"something.else": torch.zeros(3)})
+    with pytest.raises(CheckpointMismatchError, match="no checkpoint entry matches"):
+        load_checkpoint(fresh(1), path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(Exception, match="not found"):
+        load_checkpoint(fresh(1), str(tmp_path / "nope.pth"))
+
+
+def test_golden_state_dict_loads_into_the_full_model(tmp_path):
+    from test_golden_postprocess import build_golden_model
+
+    model = build_golden_model()  # skips while the head is not available
+    state = torch.load(os.path.join(GOLDEN, "state_dict.pth"), weights_only=True)
+    report = load_checkpoint(model, save_pth(tmp_path, state))
+    assert report.kind == "full" and len(report.loaded) == 212
