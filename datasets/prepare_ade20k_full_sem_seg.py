@@ -36,13 +36,16 @@ IGNORE_LABEL = 65535
 def object_classes(seg_png: str) -> np.ndarray:
     """The ADE20K object class of every pixel, decoded from the R and G channels of a *_seg.png."""
     if not os.path.isfile(seg_png):
-        raise FileNotFoundError(f"{seg_png} does not exist (see the section 'ADE20K-full' of datasets/README.md)")
+        raise FileNotFoundError(
+            f"{seg_png} does not exist "
+            f"(see the section 'ADE20K-full' of datasets/README.md)"
+        )
     seg = np.asarray(Image.open(seg_png).convert("RGB")).astype(np.int32)
     return seg[..., 0] // 10 * 256 + seg[..., 1]
 
 
 def resized_shape(height: int, width: int):
-    """(height, width) with the shorter side brought down to MAX_SHORT_SIDE; None to keep the size."""
+    """(height, width) with the shorter side brought down to MAX_SHORT_SIDE, or None."""
     if width >= height > MAX_SHORT_SIDE:
         return MAX_SHORT_SIDE, round(width / height * MAX_SHORT_SIDE)
     if height >= width > MAX_SHORT_SIDE:
@@ -54,7 +57,9 @@ def convert_image(image_jpg: str, output_jpg: str, output_tif: str, train_id_of:
     image = np.asarray(Image.open(image_jpg).convert("RGB"))
     classes = object_classes(image_jpg[: -len(".jpg")] + "_seg.png")
     if classes.shape != image.shape[:2]:
-        raise ValueError(f"{image_jpg}: image is {image.shape[:2]} but its _seg.png is {classes.shape}")
+        raise ValueError(
+            f"{image_jpg}: image is {image.shape[:2]} but its _seg.png is {classes.shape}"
+        )
     shape = resized_shape(*image.shape[:2])
     if shape is not None:
         image = cv2.resize(image, shape[::-1], interpolation=cv2.INTER_LINEAR)
@@ -72,10 +77,15 @@ def convert(root: str) -> int:
     dataset_dir = os.path.join(root, "ADE20K_2021_17_01")
     index_file = os.path.join(dataset_dir, "index_ade20k.pkl")
     if not os.path.isfile(index_file):
-        raise FileNotFoundError(f"{index_file} does not exist (see the section 'ADE20K-full' of datasets/README.md)")
+        raise FileNotFoundError(
+            f"{index_file} does not exist "
+            f"(see the section 'ADE20K-full' of datasets/README.md)"
+        )
     with open(index_file, "rb") as f:
         index = pickle.load(f)
-    train_id_of = {category["id"]: train_id for train_id, category in enumerate(ade20k_full_categories())}
+    train_id_of = {
+        category["id"]: train_id for train_id, category in enumerate(ade20k_full_categories())
+    }
     for split in ["training", "validation"]:
         os.makedirs(os.path.join(dataset_dir, "images_detectron2", split), exist_ok=True)
         os.makedirs(os.path.join(dataset_dir, "annotations_detectron2", split), exist_ok=True)
@@ -87,18 +97,23 @@ def convert(root: str) -> int:
         convert_image(
             os.path.join(root, folder, file_name),
             os.path.join(dataset_dir, "images_detectron2", split, file_name),
-            os.path.join(dataset_dir, "annotations_detectron2", split, file_name[: -len(".jpg")] + ".tif"),
+            os.path.join(
+                dataset_dir, "annotations_detectron2", split, file_name[: -len(".jpg")] + ".tif"
+            ),
             train_id_of,
         )
     return len(entries)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--root",
         default=os.getenv("DETECTRON2_DATASETS", "datasets"),
-        help="folder that contains ADE20K_2021_17_01 (default: $DETECTRON2_DATASETS or ./datasets)",
+        help="folder that contains ADE20K_2021_17_01 "
+        "(default: $DETECTRON2_DATASETS or ./datasets)",
     )
     args = parser.parse_args(argv)
     count = convert(args.root)

@@ -31,13 +31,21 @@ from mask2former.data.datasets.categories import ade20k_instance_categories  # n
 SPLITS = [("train", "training"), ("val", "validation")]
 
 
-def instance_annotations(instance_png: str, image_id: str, semantic_class_of: dict, first_annotation_id: int) -> list:
+def instance_annotations(
+    instance_png: str, image_id: str, semantic_class_of: dict, first_annotation_id: int
+) -> list:
     """COCO annotations of the instances of one image, numbered from `first_annotation_id`."""
     if not os.path.isfile(instance_png):
-        raise FileNotFoundError(f"{instance_png} does not exist (see the section 'ADE20K' of datasets/README.md)")
+        raise FileNotFoundError(
+            f"{instance_png} does not exist "
+            f"(see the section 'ADE20K' of datasets/README.md)"
+        )
     labels = np.asarray(Image.open(instance_png))
     if labels.dtype != np.uint8 or labels.ndim != 3:
-        raise ValueError(f"{instance_png}: expected an 8-bit RGB instance label, found {labels.dtype} {labels.shape}")
+        raise ValueError(
+            f"{instance_png}: expected an 8-bit RGB instance label, "
+            f"found {labels.dtype} {labels.shape}"
+        )
     instance_classes, instance_indices = labels[..., 0], labels[..., 1]
     annotations = []
     for instance_index in np.unique(instance_indices):
@@ -78,20 +86,27 @@ def convert_split(dataset_dir: str, name: str, dirname: str) -> dict:
     instance_dir = os.path.join(dataset_dir, "annotations_instance", dirname)
     output_json = os.path.join(dataset_dir, f"ade20k_instance_{name}.json")
     if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"{image_dir} does not exist (see the section 'ADE20K' of datasets/README.md)")
+        raise FileNotFoundError(
+            f"{image_dir} does not exist "
+            f"(see the section 'ADE20K' of datasets/README.md)"
+        )
 
     instance_categories = ade20k_instance_categories()
     semantic_class_of = {c["instance_id"]: c["ade20k_150_id"] for c in instance_categories}
     categories = [{"id": c["ade20k_150_id"], "name": c["name"]} for c in instance_categories]
 
     images, annotations = [], []
-    for image_path in tqdm.tqdm(sorted(glob.glob(os.path.join(image_dir, "*.jpg"))), desc=f"ADE20K {name}", unit="image"):
+    image_paths = sorted(glob.glob(os.path.join(image_dir, "*.jpg")))
+    for image_path in tqdm.tqdm(image_paths, desc=f"ADE20K {name}", unit="image"):
         file_name = os.path.basename(image_path)
         image_id = file_name.split(".")[0]
         width, height = Image.open(image_path).size
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         annotations += instance_annotations(
-            os.path.join(instance_dir, image_id + ".png"), image_id, semantic_class_of, len(annotations) + 1
+            os.path.join(instance_dir, image_id + ".png"),
+            image_id,
+            semantic_class_of,
+            first_annotation_id=len(annotations) + 1,
         )
 
     content = {"images": images, "categories": categories, "annotations": annotations}
@@ -102,11 +117,14 @@ def convert_split(dataset_dir: str, name: str, dirname: str) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--root",
         default=os.getenv("DETECTRON2_DATASETS", "datasets"),
-        help="folder that contains ADEChallengeData2016 (default: $DETECTRON2_DATASETS or ./datasets)",
+        help="folder that contains ADEChallengeData2016 "
+        "(default: $DETECTRON2_DATASETS or ./datasets)",
     )
     args = parser.parse_args(argv)
     for name, dirname in SPLITS:

@@ -3,8 +3,10 @@
 Combine the ADE20K semantic labels (annotations/) and instance labels (annotations_instance/) into
 COCO-panoptic-format annotations for `ade20k_panoptic_{train,val}`:
 
-    ADEChallengeData2016/ade20k_panoptic_{train,val}/<image id>.png   panoptic PNGs (id = R + 256 G + 256^2 B)
-    ADEChallengeData2016/ade20k_panoptic_{train,val}.json             images, annotations, 150 categories
+    ADEChallengeData2016/ade20k_panoptic_{train,val}/<image id>.png
+        panoptic PNGs, segment id = R + 256 G + 256^2 B
+    ADEChallengeData2016/ade20k_panoptic_{train,val}.json
+        images, annotations (segments_info) and the 150 categories
 
 Stuff segments come from the semantic labels of the 50 stuff classes, one per class present;
 thing segments from the instance labels, one per instance, painted over the stuff. Category ids
@@ -61,20 +63,26 @@ def _bbox(mask: np.ndarray) -> list:
 
 def _read_uint8(path: str) -> np.ndarray:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist (see the section 'ADE20K' of datasets/README.md)")
+        raise FileNotFoundError(
+            f"{path} does not exist "
+            f"(see the section 'ADE20K' of datasets/README.md)"
+        )
     array = np.asarray(Image.open(path))
     if array.dtype != np.uint8:
         raise ValueError(f"{path}: expected 8-bit labels, found {array.dtype}")
     return array
 
 
-def make_panoptic_annotation(semantic_png: str, instance_png: str, categories: dict, semantic_class_of: dict):
+def make_panoptic_annotation(
+    semantic_png: str, instance_png: str, categories: dict, semantic_class_of: dict
+):
     """Returns (panoptic RGB image, segments_info) of one image."""
     semantic_classes = _read_uint8(semantic_png) - np.uint8(1)  # raw 0 (unlabeled) wraps to 255
     unknown = sorted(set(np.unique(semantic_classes).tolist()) - set(categories) - {255})
     if unknown:
         raise ValueError(
-            f"{semantic_png}: raw label values {[v + 1 for v in unknown]} are not ADE20K classes (1-150)"
+            f"{semantic_png}: raw label values {[v + 1 for v in unknown]} "
+            f"are not ADE20K classes (1-150)"
         )
     instances = _read_uint8(instance_png)
     instance_classes, instance_indices = instances[..., 0], instances[..., 1]
@@ -122,7 +130,10 @@ def convert_split(dataset_dir: str, name: str, dirname: str) -> dict:
     output_dir = os.path.join(dataset_dir, f"ade20k_panoptic_{name}")
     output_json = os.path.join(dataset_dir, f"ade20k_panoptic_{name}.json")
     if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"{image_dir} does not exist (see the section 'ADE20K' of datasets/README.md)")
+        raise FileNotFoundError(
+            f"{image_dir} does not exist "
+            f"(see the section 'ADE20K' of datasets/README.md)"
+        )
     os.makedirs(output_dir, exist_ok=True)
 
     category_list = panoptic_categories()
@@ -133,7 +144,8 @@ def convert_split(dataset_dir: str, name: str, dirname: str) -> dict:
     np.random.seed(0)
 
     images, annotations = [], []
-    for image_path in tqdm.tqdm(sorted(glob.glob(os.path.join(image_dir, "*.jpg"))), desc=f"ADE20K {name}", unit="image"):
+    image_paths = sorted(glob.glob(os.path.join(image_dir, "*.jpg")))
+    for image_path in tqdm.tqdm(image_paths, desc=f"ADE20K {name}", unit="image"):
         file_name = os.path.basename(image_path)
         image_id = file_name.split(".")[0]
         width, height = Image.open(image_path).size
@@ -145,7 +157,9 @@ def convert_split(dataset_dir: str, name: str, dirname: str) -> dict:
             semantic_class_of,
         )
         Image.fromarray(panoptic).save(os.path.join(output_dir, image_id + ".png"))
-        annotations.append({"image_id": image_id, "file_name": image_id + ".png", "segments_info": segments})
+        annotations.append(
+            {"image_id": image_id, "file_name": image_id + ".png", "segments_info": segments}
+        )
 
     content = {"images": images, "annotations": annotations, "categories": category_list}
     with open(output_json, "w") as f:
@@ -155,11 +169,14 @@ def convert_split(dataset_dir: str, name: str, dirname: str) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--root",
         default=os.getenv("DETECTRON2_DATASETS", "datasets"),
-        help="folder that contains ADEChallengeData2016 (default: $DETECTRON2_DATASETS or ./datasets)",
+        help="folder that contains ADEChallengeData2016 "
+        "(default: $DETECTRON2_DATASETS or ./datasets)",
     )
     args = parser.parse_args(argv)
     for name, dirname in SPLITS:

@@ -36,22 +36,28 @@ def convert_split(dataset_dir: str, split: str) -> int:
     os.makedirs(output_dir, exist_ok=True)
     files = sorted(f for f in os.listdir(annotation_dir) if f.endswith(".png"))
     for file_name in tqdm.tqdm(files, desc=f"ADE20K {split}", unit="label"):
-        convert_label_file(os.path.join(annotation_dir, file_name), os.path.join(output_dir, file_name))
+        convert_label_file(
+            os.path.join(annotation_dir, file_name), os.path.join(output_dir, file_name)
+        )
     return len(files)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--root",
         default=os.getenv("DETECTRON2_DATASETS", "datasets"),
-        help="folder that contains ADEChallengeData2016 (default: $DETECTRON2_DATASETS or ./datasets)",
+        help="folder that contains ADEChallengeData2016 "
+        "(default: $DETECTRON2_DATASETS or ./datasets)",
     )
     args = parser.parse_args(argv)
     dataset_dir = os.path.join(args.root, "ADEChallengeData2016")
     for split in SPLITS:
         count = convert_split(dataset_dir, split)
-        print(f"{split}: wrote {count} labels to {os.path.join(dataset_dir, 'annotations_detectron2', split)}")
+        output_dir = os.path.join(dataset_dir, "annotations_detectron2", split)
+        print(f"{split}: wrote {count} labels to {output_dir}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ annotations/panoptic_<split>.json, the contiguous class index of its category (0
 Detectron2's COCO_CATEGORIES, things and stuff alike) and 255 for every other pixel. These labels
 are the `sem_seg_file_name` of `coco_2017_*_panoptic_with_sem_seg`, used to evaluate mIoU.
 
-    python datasets/prepare_coco_semantic_annos_from_panoptic_annos.py [--root $DETECTRON2_DATASETS] [--workers N]
+    python datasets/prepare_coco_semantic_annos_from_panoptic_annos.py \
+        [--root $DETECTRON2_DATASETS] [--workers N]
 """
 import argparse
 import functools
@@ -31,7 +32,9 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES  # noqa: E402
 SPLITS = ["val2017", "train2017"]
 
 
-def panoptic_to_semantic(panoptic_png: str, semantic_png: str, segments: list, id_map: dict) -> None:
+def panoptic_to_semantic(
+    panoptic_png: str, semantic_png: str, segments: list, id_map: dict
+) -> None:
     panoptic = rgb2id(np.asarray(Image.open(panoptic_png).convert("RGB"), dtype=np.uint32))
     semantic = np.full(panoptic.shape, 255, dtype=np.uint8)
     for segment in segments:
@@ -59,9 +62,14 @@ def separate_coco_semantic_from_panoptic(
     """
     for path in (panoptic_json, panoptic_root):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} does not exist (see the section 'COCO' of datasets/README.md)")
+            raise FileNotFoundError(
+                f"{path} does not exist "
+                f"(see the section 'COCO' of datasets/README.md)"
+            )
     if len(categories) > 254:
-        raise ValueError(f"{len(categories)} categories do not fit in 8-bit labels next to 255 (ignore)")
+        raise ValueError(
+            f"{len(categories)} categories do not fit in 8-bit labels next to 255 (ignore)"
+        )
     id_map = {category["id"]: index for index, category in enumerate(categories)}
     os.makedirs(sem_seg_root, exist_ok=True)
     with open(panoptic_json) as f:
@@ -91,7 +99,9 @@ def separate_coco_semantic_from_panoptic(
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--root",
         default=os.getenv("DETECTRON2_DATASETS", "datasets"),
