@@ -173,3 +173,16 @@ def test_incomplete_folder_is_not_mistaken_for_a_dataset(tmp_path):
     (root / "stray.txt").write_text("not a dataset")
     with pytest.raises(FileExistsError, match="not a complete synthetic dataset"):
         synthetic.ensure_generated(str(root))
+
+
+def test_concurrent_first_loads_leave_one_complete_dataset(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(synthetic, "DEFAULT_SPLITS", {"train": 4, "val": 2})
+    root = str(tmp_path / "synthetic")
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: synthetic.ensure_generated(root), range(3)))
+    assert results == [root] * 3
+    assert sorted(os.listdir(tmp_path)) == ["synthetic"]  # no staging folder left behind
+    reference = synthetic.generate(str(tmp_path / "reference"), seed=synthetic.DEFAULT_SEED)
+    assert _digest(root) == _digest(reference)

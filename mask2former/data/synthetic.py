@@ -353,9 +353,9 @@ def _marker_contents(seed, splits, height, width):
     }
 
 
-def generate(root, seed=DEFAULT_SEED, splits=None, height=DEFAULT_HEIGHT, width=DEFAULT_WIDTH):
+def generate(root, seed=DEFAULT_SEED, splits=None, height=DEFAULT_HEIGHT, width=DEFAULT_WIDTH, overwrite=True):
     """
-    Write the synthetic dataset to `root` (replacing what is there).
+    Write the synthetic dataset to `root`.
 
     The data is written to a temporary folder next to `root` and moved into place at the end, so an
     interrupted run, or several processes generating at once, never leave a half-written dataset.
@@ -365,6 +365,8 @@ def generate(root, seed=DEFAULT_SEED, splits=None, height=DEFAULT_HEIGHT, width=
         seed (int): the same seed and arguments give byte-identical files.
         splits (dict[str, int]): number of images per split, default ``DEFAULT_SPLITS``.
         height, width (int): image size.
+        overwrite (bool): replace a dataset already in `root`; if False and `root` exists, the
+            dataset there is kept (another process made it first) and FileExistsError is raised.
     """
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     root = os.path.abspath(root)
@@ -380,9 +382,12 @@ def generate(root, seed=DEFAULT_SEED, splits=None, height=DEFAULT_HEIGHT, width=
         # The marker is written last: its presence means the dataset is complete.
         with open(os.path.join(staging, _MARKER), "w") as f:
             json.dump(_marker_contents(seed, splits, height, width), f, indent=1)
-        if os.path.isdir(root):
+        if os.path.exists(root):
+            if not overwrite:
+                raise FileExistsError(f"{root} already exists")
             shutil.rmtree(root)
-        os.replace(staging, root)
+        # Atomic, and fails if another process has put a non-empty `root` in place meanwhile.
+        os.rename(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -409,15 +414,19 @@ def ensure_generated(root, splits=("train", "val")):
         if made.get("version") == FORMAT_VERSION and all(s in made.get("splits", {}) for s in splits):
             return root
         logger.info("The synthetic dataset in %s is outdated or lacks a split; regenerating it.", root)
+        shutil.rmtree(root)
     elif os.path.isdir(root) and os.listdir(root):
         raise FileExistsError(
             f"{root} exists but is not a complete synthetic dataset (no {_MARKER}). Delete it, or "
             f"regenerate it with: python -m mask2former.data.synthetic --root {root}"
         )
+    elif os.path.isdir(root):
+        os.rmdir(root)
+    logger.info("Generating the synthetic dataset in %s (first use; takes a few seconds).", root)
     try:
-        return generate(root)
+        return generate(root, overwrite=False)
     except OSError:
-        # Another process may have moved its own copy into place at the same time.
+        # Another process (e.g. another rank of a multi-process run) moved its copy in first.
         if os.path.isfile(marker):
             return root
         raise
