@@ -1,0 +1,148 @@
+"""Pixel decoders checked against naive computations (the golden test covers the deformable one
+with the official weights)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+
+from mask2former import add_maskformer2_config
+from mask2former.modeling.pixel_decoder import build_pixel_decoder
+from mask2former.modeling.pixel_decoder.msdeformattn import MSDeformAttnTransformerEncoder
+
+SHAPES = {f"res{i}": ShapeSpec(channels=8 * 2**i, stride=2**i) for i in range(2, 6)}
+
+
+def _cfg(name, **head):
+    cfg = get_cfg()
+    add_maskformer2_config(cfg)
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = name
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 16
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 1
+    cfg.MODEL.MASK_FORMER.NHEADS = 4
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 64
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
+    for k, v in head.items():
+        cfg.MODEL.SEM_SEG_HEAD[k] = v
+    return cfg
+
+
+def _features(h=64, w=96, seed=0, shapes=SHAPES):
+    g = torch.Generator().manual_seed(seed)
+    # Odd sizes (ceil division) as a padded Swin/ResNet produces them for non-multiples of 32.
+    return {
+        k: torch.randn(1, v.channels, -(-h // v.stride), -(-w // v.stride), generator=g) for k, v in shapes.items()
+    }
+
+
+def _conv(module, x):
+    """detectron2 Conv2d (conv -> norm -> activation) written out with functional ops."""
+    y = F.conv2d(x, module.weight, module.bias, padding=module.padding)
+    if module.norm is not None:
+        y = F.group_norm(y, module.norm.num_groups, module.norm.weight, module.norm.bias, module.norm.eps)
+    return F.relu(y) if module.activation is not None else y
+
+
+def test_base_pixel_decoder_is_a_top_down_fpn():
+    torch.manual_seed(0)
+    decoder = build_pixel_decoder(_cfg("BasePixelDecoder"), SHAPES).eval()
+    features = _features(h=70, w=90)
+    with torch.no_grad():
+        mask_features, encoder_features, multi_scale = decoder.forward_features(features)
+        y = _conv(decoder.layer_4, features["res5"])
+        expected = [y]
+        for level in (3, 2, 1):
+            lateral = _conv(getattr(decoder, f"adapter_{level}"), features[f"res{level + 1}"])
+            y = _conv(getattr(decoder, f"layer_{level}"), lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest"))
+            expected.append(y)
+        expected_mask = F.conv2d(y, decoder.mask_features.weight, decoder.mask_features.bias, padding=1)
+    assert encoder_features is None
+    assert len(multi_scale) == 3
+    for a, b in zip(multi_scale, expected[:3]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mask_features, expected_mask, atol=1e-5, rtol=1e-5)
+    assert mask_features.shape == (1, 16, 18, 23)
+
+
+def test_transformer_encoder_pixel_decoder_layout():
+    torch.manual_seed(0)
+    decoder = build_pixel_decoder(_cfg("TransformerEncoderPixelDecoder"), SHAPES).eval()
+    keys = list(decoder.state_dict())
+    # The coarsest output conv is re-created after the encoder: last in the checkpoint order.
+    assert keys[-1].startswith("layer_4.") and keys.index("input_proj.weight") < keys.index("layer_4.weight")
+    assert decoder.layer_4.weight.shape == (32, 32, 3, 3)  # reads the encoder output, not res5
+    features = _features()
+    with torch.no_grad():
+        mask_features, encoder_features, multi_scale = decoder.forward_features(features)
+        expected = decoder.transformer(decoder.input_proj(features["res5"]), None, decoder.pe_layer(features["res5"]))
+    assert encoder_features.shape == (1, 32, 2, 3)
+    torch.testing.assert_close(encoder_features, expected)
+    torch.testing.assert_close(multi_scale[0], decoder.layer_4(encoder_features))
+    assert mask_features.shape == (1, 16, 16, 24)
+
+
+def test_reference_points_are_pixel_centres():
+    shapes = torch.tensor([[2, 3], [4, 5]])
+    ref = MSDeformAttnTransformerEncoder.get_reference_points(shapes, torch.ones(2, 2, 2), "cpu")
+    assert ref.shape == (2, 6 + 20, 2, 2)
+    expected = []
+    for h, w in shapes.tolist():
+        for i in range(h):
+            for j in range(w):
+                expected.append([(j + 0.5) / w, (i + 0.5) / h])
+    expected = torch.tensor(expected)
+    for n in range(2):
+        for lvl in range(2):
+            torch.testing.assert_close(ref[n, :, lvl], expected)
+
+
+@pytest.mark.parametrize(
+    "in_features,common_stride,expected_fpn_levels,mask_size",
+    [
+        (["res3", "res4", "res5"], 4, 1, (18, 23)),
+        (["res2", "res3", "res4", "res5"], 4, 0, (18, 23)),
+        (["res4", "res5"], 4, 2, (18, 23)),
+        (["res3", "res4", "res5"], 8, 0, (9, 12)),
+    ],
+)
+def test_msdeformattn_pixel_decoder_levels(in_features, common_stride, expected_fpn_levels, mask_size):
+    torch.manual_seed(0)
+    cfg = _cfg(
+        "MSDeformAttnPixelDecoder",
+        DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES=in_features,
+        COMMON_STRIDE=common_stride,
+    )
+    decoder = build_pixel_decoder(cfg, SHAPES).eval()
+    assert decoder.num_fpn_levels == expected_fpn_levels
+    assert len(decoder.input_proj) == len(in_features)
+    # The encoder uses the decoder's head count, 4 points and a 1024-wide FFN whatever the config.
+    layer = decoder.transformer.encoder.layers[0]
+    assert (layer.self_attn.n_heads, layer.self_attn.n_points, layer.linear1.out_features) == (4, 4, 1024)
+    features = _features(h=70, w=90)
+    with torch.no_grad():
+        mask_features, encoder_features, multi_scale = decoder.forward_features(features)
+    assert mask_features.shape == (1, 16) + mask_size
+    coarsest = features[in_features[-1]].shape[-2:]
+    assert encoder_features.shape[-2:] == coarsest
+    assert len(multi_scale) == 3
+    # Low to high resolution, each level twice the previous one (up to the odd-size rounding).
+    sizes = [tuple(f.shape[-2:]) for f in multi_scale]
+    assert sizes == sorted(sizes) and sizes[0] == tuple(coarsest)
+    assert all(f.shape[1] == 32 for f in multi_scale)
+
+
+def test_msdeformattn_pixel_decoder_rejects_unknown_encoder_feature():
+    cfg = _cfg("MSDeformAttnPixelDecoder", DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES=["res3", "res6"])
+    with pytest.raises(ValueError, match="res6"):
+        build_pixel_decoder(cfg, SHAPES)
+
+
+def test_build_pixel_decoder_requires_forward_features():
+    cfg = _cfg("SemSegFPNHead")  # a Detectron2 sem-seg head: no forward_features
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    with pytest.raises(ValueError, match="forward_features"):
+        build_pixel_decoder(cfg, SHAPES)
