@@ -22,3 +22,5 @@ from .data.dataset_mappers import (  # noqa: E402,F401  (dataset mappers, as ups
     MaskFormerPanopticDatasetMapper,
     MaskFormerSemanticDatasetMapper,
 )
+from .evaluation.instance_evaluation import InstanceSegEvaluator  # noqa: E402,F401  (as upstream)
+from .evaluation import build_evaluator  # noqa: E402,F401  (evaluators by evaluator_type)
