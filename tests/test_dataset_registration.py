@@ -163,6 +163,50 @@ def test_ade20k_full_coco_stuff_and_mapillary_tables():
     assert panoptic.json_file is None
 
 
+def test_category_tables_under_their_upstream_names():
+    from mask2former.data.datasets import (
+        register_ade20k_full,
+        register_ade20k_instance,
+        register_ade20k_panoptic,
+        register_coco_stuff_10k,
+        register_mapillary_vistas,
+        register_mapillary_vistas_panoptic,
+    )
+
+    ade = register_ade20k_panoptic.ADE20K_150_CATEGORIES
+    assert ade[8] == {"color": [230, 230, 230], "id": 8, "isthing": 1, "name": "window "}
+    assert register_ade20k_panoptic.ADE20k_COLORS[48] == [140, 140, 140]
+    full = register_ade20k_full.ADE20K_SEM_SEG_FULL_CATEGORIES
+    assert full[0] == {"name": "wall", "id": 2978, "trainId": 0}
+    assert full[846] == {"name": "adding machine, totalizer, totaliser", "id": 3148, "trainId": 846}
+    assert len({c["id"] for c in full}) == 847
+    assert register_ade20k_instance.ADE_CATEGORIES[:2] == [
+        {"id": 7, "name": "bed"},
+        {"id": 8, "name": "windowpane"},
+    ]
+    stuff = register_coco_stuff_10k.COCO_CATEGORIES
+    assert (stuff[80]["id"], stuff[80]["name"]) == (92, "banner")
+    assert (stuff[170]["id"], stuff[170]["name"]) == (182, "wood")
+    semantic = register_mapillary_vistas.MAPILLARY_VISTAS_SEM_SEG_CATEGORIES
+    assert len(semantic) == 66
+    assert semantic[8] == {
+        "color": [140, 140, 200],
+        "instances": True,
+        "readable": "Crosswalk - Plain",
+        "name": "construction--flat--crosswalk-plain",
+        "evaluate": True,
+    }
+    assert semantic[65]["name"] == "void--unlabeled" and not semantic[65]["evaluate"]
+    panoptic = register_mapillary_vistas_panoptic.MAPILLARY_VISTAS_SEM_SEG_CATEGORIES
+    assert panoptic[43] == {
+        "color": [70, 100, 150],
+        "id": 44,
+        "isthing": 0,
+        "name": "Pothole",
+        "supercategory": "object--pothole",
+    }
+
+
 def test_registration_reads_no_dataset_file(tmp_path, monkeypatch, register_under):
     def forbidden(*args, **kwargs):
         raise AssertionError(f"registration touched the disk: {args}")

@@ -5,9 +5,14 @@ from .catalog import datasets_root
 from .categories import ade20k_full_categories
 from .sem_seg import register_sem_seg_dataset
 
-__all__ = ["register_all_ade20k_full"]
+__all__ = ["ADE20K_SEM_SEG_FULL_CATEGORIES", "register_all_ade20k_full"]
 
 README_SECTION = "ADE20K-full"
+
+# The upstream table (name, ADE20K object id, trainId = label), for code that imports it from here.
+ADE20K_SEM_SEG_FULL_CATEGORIES = [
+    dict(c, trainId=train_id) for train_id, c in enumerate(ade20k_full_categories())
+]
 
 
 def register_all_ade20k_full(root=None):

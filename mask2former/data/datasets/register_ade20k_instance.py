@@ -6,9 +6,14 @@ from detectron2.data.datasets import load_coco_json
 from .catalog import datasets_root, guarded_loader, register_dataset
 from .categories import ade20k_instance_categories
 
-__all__ = ["get_metadata", "register_all_ade20k_instance"]
+__all__ = ["ADE_CATEGORIES", "get_metadata", "register_all_ade20k_instance"]
 
 README_SECTION = "ADE20K"
+
+# The upstream table (ADE20K-150 id and instance class name), for code that imports it from here.
+ADE_CATEGORIES = [
+    {"id": c["ade20k_150_id"], "name": c["name"]} for c in ade20k_instance_categories()
+]
 
 # name -> (image folder, instance json made by prepare_ade20k_ins_seg.py), relative to the root.
 _PREDEFINED_SPLITS_ADE20K_INSTANCE = {
@@ -25,12 +30,9 @@ _PREDEFINED_SPLITS_ADE20K_INSTANCE = {
 
 def get_metadata() -> dict:
     """The json's category ids are the ADE20K-150 ids of the 100 thing classes."""
-    categories = ade20k_instance_categories()
     return {
-        "thing_dataset_id_to_contiguous_id": {
-            c["ade20k_150_id"]: i for i, c in enumerate(categories)
-        },
-        "thing_classes": [c["name"] for c in categories],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(ADE_CATEGORIES)},
+        "thing_classes": [c["name"] for c in ADE_CATEGORIES],
     }
 
 

@@ -5,9 +5,19 @@ from .catalog import datasets_root, register_dataset
 from .categories import ade20k_150_categories
 from .panoptic_json import load_panoptic_json_with_sem_seg, panoptic_metadata
 
-__all__ = ["get_metadata", "register_ade20k_panoptic", "register_all_ade20k_panoptic"]
+__all__ = [
+    "ADE20K_150_CATEGORIES",
+    "ADE20k_COLORS",
+    "get_metadata",
+    "register_ade20k_panoptic",
+    "register_all_ade20k_panoptic",
+]
 
 README_SECTION = "ADE20K"
+
+# Module-level tables under the upstream names, for code that imports them from here.
+ADE20K_150_CATEGORIES = ade20k_150_categories()
+ADE20k_COLORS = [c["color"] for c in ADE20K_150_CATEGORIES]
 
 # name -> (image folder, panoptic PNG folder, panoptic json, semantic PNG folder, instance json),
 # relative to the datasets root; the panoptic and instance files are made by
@@ -32,7 +42,7 @@ _PREDEFINED_SPLITS_ADE20K_PANOPTIC = {
 
 
 def get_metadata() -> dict:
-    return panoptic_metadata(ade20k_150_categories())
+    return panoptic_metadata(ADE20K_150_CATEGORIES)
 
 
 def register_ade20k_panoptic(

@@ -5,15 +5,18 @@ from .catalog import datasets_root
 from .categories import coco_stuff_categories
 from .sem_seg import register_sem_seg_dataset
 
-__all__ = ["register_all_coco_stuff_10k"]
+__all__ = ["COCO_CATEGORIES", "register_all_coco_stuff_10k"]
 
 README_SECTION = "COCO-Stuff-10k"
+
+# The 171 COCO-Stuff classes under the upstream name, for code that imports them from here.
+COCO_CATEGORIES = coco_stuff_categories()
 
 
 def register_all_coco_stuff_10k(root=None):
     root = datasets_root() if root is None else root
     dataset_dir = os.path.join(root, "coco", "coco_stuff_10k")
-    categories = coco_stuff_categories()
+    categories = COCO_CATEGORIES
     for split in ["train", "test"]:
         register_sem_seg_dataset(
             f"coco_2017_{split}_stuff_10k_sem_seg",

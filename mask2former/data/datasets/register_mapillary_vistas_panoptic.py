@@ -6,12 +6,16 @@ from .categories import mapillary_vistas_categories
 from .panoptic_json import load_panoptic_json_with_sem_seg, panoptic_metadata
 
 __all__ = [
+    "MAPILLARY_VISTAS_SEM_SEG_CATEGORIES",
     "get_metadata",
     "register_all_mapillary_vistas_panoptic",
     "register_mapillary_vistas_panoptic",
 ]
 
 README_SECTION = "Mapillary Vistas"
+
+# The upstream table (id, name, supercategory, isthing, color), for code that imports it from here.
+MAPILLARY_VISTAS_SEM_SEG_CATEGORIES = mapillary_vistas_categories()
 
 # name -> (image folder, panoptic PNG folder, panoptic json, semantic PNG folder), relative to the
 # datasets root; all of them ship with the dataset.
@@ -32,7 +36,7 @@ _PREDEFINED_SPLITS_MAPILLARY_VISTAS_PANOPTIC = {
 
 
 def get_metadata() -> dict:
-    return panoptic_metadata(mapillary_vistas_categories(), every_class_is_a_thing_class=True)
+    return panoptic_metadata(MAPILLARY_VISTAS_SEM_SEG_CATEGORIES, every_class_is_a_thing_class=True)
 
 
 def register_mapillary_vistas_panoptic(
