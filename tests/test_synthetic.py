@@ -186,3 +186,12 @@ def test_concurrent_first_loads_leave_one_complete_dataset(tmp_path, monkeypatch
     assert sorted(os.listdir(tmp_path)) == ["synthetic"]  # no staging folder left behind
     reference = synthetic.generate(str(tmp_path / "reference"), seed=synthetic.DEFAULT_SEED)
     assert _digest(root) == _digest(reference)
+
+
+def test_preview_grid_shows_images_above_their_annotations(dataset, tmp_path):
+    path = synthetic.write_preview(dataset, str(tmp_path / "preview.png"), split="train", num_images=4)
+    grid = np.asarray(Image.open(path))
+    h, w = synthetic.DEFAULT_HEIGHT, synthetic.DEFAULT_WIDTH
+    assert grid.shape == (2 * 2 * h, 2 * 4 * w, 3)  # 2 rows, 4 columns, drawn at twice the size
+    first_image = np.asarray(Image.open(os.path.join(dataset, "train", "000001.jpg")))
+    np.testing.assert_array_equal(grid[0 : 2 * h : 2, 0 : 2 * w : 2], first_image)

@@ -50,6 +50,7 @@ __all__ = [
     "ensure_generated",
     "synthetic_root",
     "register_synthetic",
+    "write_preview",
 ]
 
 logger = logging.getLogger(__name__)
@@ -525,6 +526,30 @@ def register_synthetic(root=None, prefix="synthetic", splits=("train", "val")):
     return names
 
 
+def write_preview(root, path, split="train", num_images=8):
+    """
+    Save a PNG grid to look at the data: each column is one image above its panoptic
+    annotation (segments in their class colour, things with a per-instance shade).
+    """
+    paths = _split_paths(root, split)
+    with open(paths["panoptic_json"]) as f:
+        content = json.load(f)
+    colors = {c["id"]: np.array(c["color"], dtype=np.float32) for c in content["categories"]}
+    columns = []
+    for image_info, annotation in list(zip(content["images"], content["annotations"]))[:num_images]:
+        image = np.asarray(Image.open(os.path.join(paths["image_root"], image_info["file_name"])).convert("RGB"))
+        rgb = np.asarray(Image.open(os.path.join(paths["panoptic_root"], annotation["file_name"]))).astype(np.int64)
+        ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        drawn = np.zeros_like(image, dtype=np.float32)
+        for segment in annotation["segments_info"]:
+            shade = 1.0 - 0.2 * (segment["id"] % LABEL_DIVISOR % 3)
+            drawn[ids == segment["id"]] = colors[segment["category_id"]] * shade
+        columns.append(np.concatenate([image, drawn.astype(np.uint8)], axis=0))
+    grid = np.concatenate(columns, axis=1)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+    return path
+
+
 def _main():
     parser = argparse.ArgumentParser(description="Generate the built-in synthetic dataset.")
     parser.add_argument("--root", default=synthetic_root(), help="output folder (default: %(default)s)")
@@ -533,6 +558,7 @@ def _main():
     parser.add_argument("--num-val", type=int, default=DEFAULT_SPLITS["val"])
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    parser.add_argument("--preview", metavar="PNG", help="also save a grid of training images and annotations")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     generate(
@@ -542,6 +568,8 @@ def _main():
         height=args.height,
         width=args.width,
     )
+    if args.preview:
+        logger.info("Preview of the training images: %s", write_preview(args.root, args.preview))
 
 
 if __name__ == "__main__":
