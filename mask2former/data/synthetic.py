@@ -41,7 +41,12 @@ from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .custom import load_coco_instance_json, load_coco_panoptic_json, load_sem_seg_folder
+from .custom import (
+    load_coco_instance_json,
+    load_coco_panoptic_json,
+    load_sem_seg_folder,
+    panoptic_metadata_from_categories,
+)
 
 __all__ = [
     "SYNTHETIC_CATEGORIES",
@@ -436,26 +441,6 @@ def ensure_generated(root, splits=("train", "val")):
 # ---------------------------------------------------------------------------------------------
 # Registration
 # ---------------------------------------------------------------------------------------------
-def _panoptic_metadata():
-    thing_ids = {}
-    stuff_ids = {}
-    for i, category in enumerate(SYNTHETIC_CATEGORIES):
-        if category["isthing"]:
-            thing_ids[category["id"]] = i
-        # As upstream: every class is a "stuff" class for semantic segmentation.
-        stuff_ids[category["id"]] = i
-    return {
-        "thing_classes": [c["name"] for c in _THINGS],
-        "thing_colors": [c["color"] for c in _THINGS],
-        "stuff_classes": [c["name"] for c in SYNTHETIC_CATEGORIES],
-        "stuff_colors": [c["color"] for c in SYNTHETIC_CATEGORIES],
-        "thing_dataset_id_to_contiguous_id": thing_ids,
-        "stuff_dataset_id_to_contiguous_id": stuff_ids,
-        "ignore_label": IGNORE_LABEL,
-        "label_divisor": LABEL_DIVISOR,
-    }
-
-
 def register_synthetic(root=None, prefix="synthetic", splits=("train", "val")):
     """
     Register ``{prefix}_{panoptic,sem_seg,instance}_{split}`` for the dataset in `root`.
@@ -463,7 +448,7 @@ def register_synthetic(root=None, prefix="synthetic", splits=("train", "val")):
     Nothing is read or generated until a dataset is first loaded. Returns the registered names.
     """
     root = synthetic_root() if root is None else root
-    metadata = _panoptic_metadata()
+    metadata = panoptic_metadata_from_categories(SYNTHETIC_CATEGORIES)
     names = []
 
     def ensure():
