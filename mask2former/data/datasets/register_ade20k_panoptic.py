@@ -46,8 +46,17 @@ def get_metadata() -> dict:
 
 
 def register_ade20k_panoptic(
-    name, metadata, image_root, panoptic_root, semantic_root, panoptic_json, instances_json, root
+    name,
+    metadata,
+    image_root,
+    panoptic_root,
+    semantic_root,
+    panoptic_json,
+    instances_json=None,
+    root=None,
 ):
+    """`root` (default: $DETECTRON2_DATASETS) is only named in the error for missing files."""
+    root = datasets_root() if root is None else root
     register_dataset(
         name,
         lambda: load_panoptic_json_with_sem_seg(
@@ -91,5 +100,5 @@ def register_all_ade20k_panoptic(root=None):
             os.path.join(root, semantic_root),
             os.path.join(root, panoptic_json),
             os.path.join(root, instances_json),
-            root,
+            root=root,
         )

@@ -46,9 +46,13 @@ def get_metadata() -> dict:
 
 
 def register_coco_panoptic_annos_sem_seg(
-    name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json, root
+    name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json, root=None
 ):
-    """Register `<name>_with_sem_seg`; `name` is the builtin COCO panoptic dataset it extends."""
+    """
+    Register `<name>_with_sem_seg`; `name` is the builtin COCO panoptic dataset it extends.
+    `root` (default: $DETECTRON2_DATASETS) is only named in the error for missing files.
+    """
+    root = datasets_root() if root is None else root
     builtin = MetadataCatalog.get(name)
     if hasattr(builtin, "thing_classes"):
         # Detectron2 lists all 133 classes as thing classes for its "standard" panoptic COCO; the
@@ -97,5 +101,5 @@ def register_all_coco_panoptic_annos_sem_seg(root=None):
             os.path.join(root, panoptic_json),
             os.path.join(root, sem_seg_root),
             os.path.join(root, instances_json),
-            root,
+            root=root,
         )

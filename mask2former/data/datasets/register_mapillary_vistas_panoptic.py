@@ -40,8 +40,17 @@ def get_metadata() -> dict:
 
 
 def register_mapillary_vistas_panoptic(
-    name, metadata, image_root, panoptic_root, semantic_root, panoptic_json, root
+    name,
+    metadata,
+    image_root,
+    panoptic_root,
+    semantic_root,
+    panoptic_json,
+    instances_json=None,
+    root=None,
 ):
+    """`root` (default: $DETECTRON2_DATASETS) is only named in the error for missing files."""
+    root = datasets_root() if root is None else root
     register_dataset(
         name,
         lambda: load_panoptic_json_with_sem_seg(
@@ -58,7 +67,7 @@ def register_mapillary_vistas_panoptic(
         panoptic_root=panoptic_root,
         image_root=image_root,
         panoptic_json=panoptic_json,
-        json_file=None,
+        json_file=instances_json,
         evaluator_type="mapillary_vistas_panoptic_seg",
         # Mapillary Vistas marks unlabeled pixels with 65, not 255.
         ignore_label=65,
@@ -80,5 +89,5 @@ def register_all_mapillary_vistas_panoptic(root=None):
             os.path.join(root, panoptic_root),
             os.path.join(root, semantic_root),
             os.path.join(root, panoptic_json),
-            root,
+            root=root,
         )
