@@ -46,7 +46,14 @@ def get_metadata() -> dict:
 
 
 def register_coco_panoptic_annos_sem_seg(
-    name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json, root=None
+    name,
+    metadata,
+    image_root,
+    panoptic_root,
+    panoptic_json,
+    sem_seg_root,
+    instances_json,
+    root=None,
 ):
     """
     Register `<name>_with_sem_seg`; `name` is the builtin COCO panoptic dataset it extends.
