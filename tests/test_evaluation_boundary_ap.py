@@ -1,4 +1,4 @@
-"""Boundary IoU / Boundary AP (tools/evaluate_coco_boundary_ap.py) against values worked out by hand."""
+"""Boundary IoU and Boundary AP (tools/evaluate_coco_boundary_ap.py) against hand-worked values."""
 import importlib.util
 import json
 import os
@@ -82,8 +82,14 @@ def coco_files(tmp_path):
         path.write_text(
             json.dumps(
                 [
-                    {"image_id": 1, "category_id": 1, "segmentation": _rle(m), "score": s, "bbox": [0, 0, 1, 1]}
-                    for m, s in masks_and_scores
+                    {
+                        "image_id": 1,
+                        "category_id": 1,
+                        "segmentation": _rle(mask),
+                        "score": score,
+                        "bbox": [0, 0, 1, 1],  # dropped: areas must come from the masks
+                    }
+                    for mask, score in masks_and_scores
                 ]
             )
         )
@@ -96,7 +102,9 @@ def coco_files(tmp_path):
 def test_perfect_detections_score_100(coco_files, iou_type):
     gt_file, gts, write_detections = coco_files
     dt_file = write_detections([(gts[0], 0.9), (gts[1], 0.8)])
-    results = _load_tool().main(["--gt-json-file", gt_file, "--dt-json-file", dt_file, "--iou-type", iou_type])
+    results = _load_tool().main(
+        ["--gt-json-file", gt_file, "--dt-json-file", dt_file, "--iou-type", iou_type]
+    )
     assert [results["AP"], results["AP50"], results["AP75"]] == pytest.approx([100.0] * 3)
 
 
@@ -119,6 +127,7 @@ def test_shifted_detection_fails_boundary_but_not_mask_matching(coco_files):
 def test_results_without_masks_are_a_clear_error(coco_files, tmp_path):
     gt_file, _, _ = coco_files
     dt_file = tmp_path / "boxes.json"
-    dt_file.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1.0}]))
+    box_only = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1.0}
+    dt_file.write_text(json.dumps([box_only]))
     with pytest.raises(ValueError, match="boxes.json.*no 'segmentation'"):
         _load_tool().main(["--gt-json-file", gt_file, "--dt-json-file", str(dt_file)])

@@ -20,19 +20,28 @@ from mask2former.evaluation import (
 
 ALL_ON = dict(semantic=True, instance=True, panoptic=True)
 ALL_OFF = dict(semantic=False, instance=False, panoptic=False)
+PANOPTIC_ONLY = dict(semantic=False, instance=False, panoptic=True)
 
 CASES = [
     ("sem_seg", ALL_OFF, [SemSegEvaluator]),
     ("coco", ALL_OFF, [COCOEvaluator]),
-    ("coco_panoptic_seg", dict(semantic=False, instance=False, panoptic=True), [COCOPanopticEvaluator]),
+    ("coco_panoptic_seg", PANOPTIC_ONLY, [COCOPanopticEvaluator]),
     ("coco_panoptic_seg", ALL_ON, [COCOPanopticEvaluator, COCOEvaluator, SemSegEvaluator]),
     ("ade20k_panoptic_seg", ALL_OFF, [SemSegEvaluator]),  # semantic metrics always, as upstream
     ("ade20k_panoptic_seg", ALL_ON, [SemSegEvaluator, COCOPanopticEvaluator, InstanceSegEvaluator]),
-    ("mapillary_vistas_panoptic_seg", dict(semantic=False, instance=False, panoptic=True), [COCOPanopticEvaluator]),
-    ("mapillary_vistas_panoptic_seg", ALL_ON, [COCOPanopticEvaluator, InstanceSegEvaluator, SemSegEvaluator]),
+    ("mapillary_vistas_panoptic_seg", PANOPTIC_ONLY, [COCOPanopticEvaluator]),
+    (
+        "mapillary_vistas_panoptic_seg",
+        ALL_ON,
+        [COCOPanopticEvaluator, InstanceSegEvaluator, SemSegEvaluator],
+    ),
     ("cityscapes_sem_seg", ALL_ON, [CityscapesSemSegEvaluator]),
     ("cityscapes_instance", ALL_ON, [CityscapesInstanceEvaluator]),
-    ("cityscapes_panoptic_seg", dict(semantic=False, instance=True, panoptic=False), [CityscapesInstanceEvaluator]),
+    (
+        "cityscapes_panoptic_seg",
+        dict(semantic=False, instance=True, panoptic=False),
+        [CityscapesInstanceEvaluator],
+    ),
     (
         "cityscapes_panoptic_seg",
         ALL_ON,
@@ -103,7 +112,11 @@ def test_instance_ap_on_compiled_free_detectron2_uses_official_cocoeval(register
 
 @pytest.mark.parametrize(
     "evaluator_type, flags",
-    [("coco_panoptic_seg", ALL_OFF), ("mapillary_vistas_panoptic_seg", ALL_OFF), ("no_such_type", ALL_ON)],
+    [
+        ("coco_panoptic_seg", ALL_OFF),
+        ("mapillary_vistas_panoptic_seg", ALL_OFF),
+        ("no_such_type", ALL_ON),
+    ],
 )
 def test_no_evaluator_is_not_implemented(register, tmp_path, evaluator_type, flags):
     with pytest.raises(NotImplementedError, match=evaluator_type):

@@ -47,9 +47,16 @@ def dataset(tmp_path):
     labels, instances = _ground_truth()
     Image.fromarray(labels).save(city_dir / f"{BASENAME}_gtFine_labelIds.png")
     Image.fromarray(instances).save(city_dir / f"{BASENAME}_gtFine_instanceIds.png")
-    record = {"file_name": str(tmp_path / f"{BASENAME}_leftImg8bit.png"), "image_id": BASENAME, "height": H, "width": W}
+    record = {
+        "file_name": str(tmp_path / f"{BASENAME}_leftImg8bit.png"),
+        "image_id": BASENAME,
+        "height": H,
+        "width": W,
+    }
     DatasetCatalog.register(name, lambda: [record])
-    MetadataCatalog.get(name).set(gt_dir=str(tmp_path / "gtFine" / "val"), thing_classes=THING_CLASSES)
+    MetadataCatalog.get(name).set(
+        gt_dir=str(tmp_path / "gtFine" / "val"), thing_classes=THING_CLASSES
+    )
     yield name, record
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)
@@ -125,7 +132,7 @@ def test_instance_partial_prediction_matches_hand_computation(dataset):
 def test_ground_truth_without_prediction_is_an_error_not_an_exit(dataset, tmp_path):
     name, record = dataset
     labels, _ = _ground_truth()
-    other = tmp_path / "gtFine" / "val" / "frankfurt" / "frankfurt_000000_000002_gtFine_labelIds.png"
-    Image.fromarray(labels).save(other)
+    city_dir = tmp_path / "gtFine" / "val" / "frankfurt"
+    Image.fromarray(labels).save(city_dir / "frankfurt_000000_000002_gtFine_labelIds.png")
     with pytest.raises(RuntimeError, match="needs a prediction"):
         _evaluate(CityscapesSemSegEvaluator(name), record, _sem_seg_output(labels))

@@ -1,4 +1,4 @@
-"""COCO instance AP (pycocotools' COCOeval) for COCOEvaluator and InstanceSegEvaluator, scored by hand.
+"""COCO instance AP (pycocotools' COCOeval) of COCOEvaluator and InstanceSegEvaluator, by hand.
 
 COCO AP at one IoU threshold is the mean, over the 101 recall points 0, 0.01, ..., 1, of the best
 precision reached at that recall or beyond (0 past the highest recall).
@@ -67,7 +67,8 @@ def register(tmp_path):
     def _register(name, **metadata):
         json_file = tmp_path / f"{name}.json"
         _write_coco_json(json_file)
-        record = {"file_name": str(tmp_path / "1.jpg"), "image_id": 1, "height": SIZE, "width": SIZE}
+        record = {"file_name": str(tmp_path / "1.jpg"), "image_id": 1}
+        record.update(height=SIZE, width=SIZE)
         DatasetCatalog.register(name, lambda: [record])
         MetadataCatalog.get(name).set(json_file=str(json_file), **metadata)
         names.append(name)
@@ -129,7 +130,9 @@ def test_coco_evaluator_uses_official_cocoeval_without_compiled_ops(register, tm
 @pytest.mark.parametrize("detections, expected", [(_perfect, (1.0, 1.0, 1.0)), (_partial, None)])
 def test_coco_evaluator_segm_ap(register, tmp_path, detections, expected):
     name = "test_evaluation_coco_instances"
-    record = register(name, thing_dataset_id_to_contiguous_id={CAT: 0, DOG: 1}, thing_classes=["cat", "dog"])
+    record = register(
+        name, thing_dataset_id_to_contiguous_id={CAT: 0, DOG: 1}, thing_classes=["cat", "dog"]
+    )
     evaluator = COCOEvaluator(name, output_dir=str(tmp_path / "out"), use_fast_impl=False)
     res = _evaluate(evaluator, record, detections(0, 1))
     if expected is None:

@@ -19,6 +19,7 @@ CATEGORIES = [
     {"id": GRASS, "name": "grass", "isthing": 0},
 ]
 THING_TO_CONTIGUOUS = {PERSON: 0, CAR: 1}
+THINGS = set(THING_TO_CONTIGUOUS)
 # Mask2Former's convention: the stuff mapping covers every category.
 STUFF_TO_CONTIGUOUS = {PERSON: 0, CAR: 1, GRASS: 2}
 
@@ -55,11 +56,12 @@ def _register(tmp_path, name, categories, segments, info):
     )
     record = {"file_name": str(tmp_path / "000001.jpg"), "image_id": 1, "height": 10, "width": 10}
     DatasetCatalog.register(name, lambda: [record])
+    ids = {c["id"] for c in categories}
     MetadataCatalog.get(name).set(
         panoptic_json=str(gt_json),
         panoptic_root=str(gt_root),
-        thing_dataset_id_to_contiguous_id={k: v for k, v in THING_TO_CONTIGUOUS.items() if k in {c["id"] for c in categories}},
-        stuff_dataset_id_to_contiguous_id={k: v for k, v in STUFF_TO_CONTIGUOUS.items() if k in {c["id"] for c in categories}},
+        thing_dataset_id_to_contiguous_id={k: THING_TO_CONTIGUOUS[k] for k in ids & THINGS},
+        stuff_dataset_id_to_contiguous_id={k: STUFF_TO_CONTIGUOUS[k] for k in ids},
         evaluator_type="coco_panoptic_seg",
     )
     return record
@@ -81,9 +83,8 @@ def _model_output(segments, info):
     for segment in info:
         isthing = segment["category_id"] in THING_TO_CONTIGUOUS
         mapping = THING_TO_CONTIGUOUS if isthing else STUFF_TO_CONTIGUOUS
-        segments_info.append(
-            {"id": segment["id"], "category_id": mapping[segment["category_id"]], "isthing": isthing}
-        )
+        category_id = mapping[segment["category_id"]]
+        segments_info.append({"id": segment["id"], "category_id": category_id, "isthing": isthing})
     return {"panoptic_seg": (torch.as_tensor(segments, dtype=torch.int32), segments_info)}
 
 
@@ -99,7 +100,8 @@ def test_perfect_prediction_scores_100(dataset, evaluator_class, tmp_path):
     name, record = dataset
     segments, info = _gt_segments()
     segments = np.where(segments == 0, 4, segments)  # the void pixels may be predicted anything
-    res = _evaluate(evaluator_class, name, record, _model_output(segments, info), str(tmp_path / "out"))
+    output = _model_output(segments, info)
+    res = _evaluate(evaluator_class, name, record, output, str(tmp_path / "out"))
     for key in ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]:
         assert res[key] == pytest.approx(100.0), key
     assert (tmp_path / "out" / "predictions.json").is_file()

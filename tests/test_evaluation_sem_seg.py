@@ -39,16 +39,25 @@ def dataset(tmp_path):
     gt_file = tmp_path / "a.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image_file)
     Image.fromarray(GT).save(gt_file)
-    record = {"file_name": str(image_file), "sem_seg_file_name": str(gt_file), "height": 4, "width": 4}
+    record = {
+        "file_name": str(image_file),
+        "sem_seg_file_name": str(gt_file),
+        "height": 4,
+        "width": 4,
+    }
     DatasetCatalog.register(name, lambda: [record])
-    MetadataCatalog.get(name).set(stuff_classes=CLASSES, ignore_label=IGNORE, evaluator_type="sem_seg")
+    MetadataCatalog.get(name).set(
+        stuff_classes=CLASSES, ignore_label=IGNORE, evaluator_type="sem_seg"
+    )
     yield name, record
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)
 
 
 def _logits(label_map, num_classes=len(CLASSES)):
-    return torch.nn.functional.one_hot(torch.as_tensor(label_map, dtype=torch.int64), num_classes).permute(2, 0, 1).float()
+    labels = torch.as_tensor(label_map, dtype=torch.int64)
+    one_hot = torch.nn.functional.one_hot(labels, num_classes)
+    return one_hot.permute(2, 0, 1).float()
 
 
 def _evaluate(name, record, label_map, output_dir=None):

@@ -38,7 +38,8 @@ def records(tmp_path):
     records = []
     for key, gt in (("a", GT_A), ("b", GT_B)):
         Image.fromarray(gt).save(tmp_path / f"{key}.png")
-        records.append({"file_name": str(tmp_path / f"{key}.jpg"), "sem_seg_file_name": str(tmp_path / f"{key}.png")})
+        image_file, gt_file = tmp_path / f"{key}.jpg", tmp_path / f"{key}.png"
+        records.append({"file_name": str(image_file), "sem_seg_file_name": str(gt_file)})
     DatasetCatalog.register(NAME, lambda: records)
     # Dataset ids differ from contiguous ids, as for COCO-Stuff: the json holds dataset ids.
     MetadataCatalog.get(NAME).set(
@@ -55,23 +56,24 @@ def _predictions_json(records, preds, folder):
     evaluator = SemSegEvaluator(NAME, distributed=False, output_dir=str(folder))
     evaluator.reset()
     for record, pred in zip(records, preds):
-        logits = torch.nn.functional.one_hot(torch.as_tensor(pred, dtype=torch.int64), 3).permute(2, 0, 1)
-        evaluator.process([record], [{"sem_seg": logits.float()}])
+        one_hot = torch.nn.functional.one_hot(torch.as_tensor(pred, dtype=torch.int64), 3)
+        evaluator.process([record], [{"sem_seg": one_hot.permute(2, 0, 1).float()}])
     evaluator.evaluate()
     return str(folder / "sem_seg_predictions.json")
 
 
 def test_perfect_prediction_scores_100(records, tmp_path):
     perfect = [np.where(GT_A == IGNORE, 0, GT_A), GT_B]
-    results = _load_tool().main(["--dataset-name", NAME, "--json-file", _predictions_json(records, perfect, tmp_path)])
-    assert [results["PQ"], results["SQ"], results["RQ"], results["mIoU"]] == pytest.approx([100.0] * 4)
+    json_file = _predictions_json(records, perfect, tmp_path)
+    results = _load_tool().main(["--dataset-name", NAME, "--json-file", json_file])
+    scores = [results["PQ"], results["SQ"], results["RQ"], results["mIoU"]]
+    assert scores == pytest.approx([100.0] * 4)
     assert results["n"] == 3
 
 
 def test_partial_prediction_matches_hand_computation(records, tmp_path):
-    results = _load_tool().main(
-        ["--dataset-name", NAME, "--json-file", _predictions_json(records, [PRED_A, PRED_B], tmp_path)]
-    )
+    json_file = _predictions_json(records, [PRED_A, PRED_B], tmp_path)
+    results = _load_tool().main(["--dataset-name", NAME, "--json-file", json_file])
     # Image a (2 void pixels, left out of every union): wall IoU 4/(6+4-4-1) = 0.8, floor
     # 3/(4+4-3) = 0.6, sky 5/(6+6-5-1) = 5/6: three matches.
     # Image b: wall 3/8 = 0.375 < 0.5: one FN and one FP; floor has no ground truth: one FP;

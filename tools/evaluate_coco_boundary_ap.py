@@ -22,9 +22,11 @@ from mask2former.evaluation.boundary_evaluation import (  # noqa: E402
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description="Boundary AP of COCO instance segmentation results.")
+    parser = argparse.ArgumentParser(description="Boundary AP of COCO instance segmentation.")
     parser.add_argument("--gt-json-file", required=True, help="COCO instance annotations (json)")
-    parser.add_argument("--dt-json-file", required=True, help="COCO results, e.g. coco_instances_results.json")
+    parser.add_argument(
+        "--dt-json-file", required=True, help="COCO results, e.g. coco_instances_results.json"
+    )
     parser.add_argument("--iou-type", default="boundary", choices=["boundary", "segm"])
     parser.add_argument(
         "--dilation-ratio",
@@ -42,10 +44,14 @@ def main(argv=None):
             raise SystemExit(f"error: no such file: {path}")
     print(args)
     results = evaluate_coco_boundary_ap(
-        args.gt_json_file, args.dt_json_file, iou_type=args.iou_type, dilation_ratio=args.dilation_ratio
+        args.gt_json_file,
+        args.dt_json_file,
+        iou_type=args.iou_type,
+        dilation_ratio=args.dilation_ratio,
     )
     name = "Boundary AP" if args.iou_type == "boundary" else "Mask AP"
-    print(f"{name} (dilation ratio {args.dilation_ratio}): " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()))
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in results.items())
+    print(f"{name} (dilation ratio {args.dilation_ratio}): {scores}")
     return results
 
 

@@ -29,7 +29,9 @@ def get_parser():
         help="registered semantic segmentation dataset, e.g. ade20k_sem_seg_val, "
         "ade20k_full_sem_seg_val, coco_2017_test_stuff_10k_sem_seg",
     )
-    parser.add_argument("--json-file", required=True, help="sem_seg_predictions.json from SemSegEvaluator")
+    parser.add_argument(
+        "--json-file", required=True, help="sem_seg_predictions.json written by SemSegEvaluator"
+    )
     return parser
 
 

@@ -69,7 +69,8 @@ class BoundaryCOCOeval(COCOeval):
         key = (source, annotation["id"])
         if key not in self._boundary_rles:
             # By now COCOeval._prepare has turned every segmentation into an RLE.
-            boundary = mask_to_boundary(mask_util.decode(annotation["segmentation"]), self.dilation_ratio)
+            mask = mask_util.decode(annotation["segmentation"])
+            boundary = mask_to_boundary(mask, self.dilation_ratio)
             self._boundary_rles[key] = mask_util.encode(np.asfortranarray(boundary))
         return self._boundary_rles[key]
 
@@ -98,7 +99,13 @@ class BoundaryCOCOeval(COCOeval):
         return ious
 
 
-def evaluate_coco_boundary_ap(gt_json_file, dt_json_file, iou_type="boundary", dilation_ratio=DEFAULT_DILATION_RATIO, verbose=True):
+def evaluate_coco_boundary_ap(
+    gt_json_file,
+    dt_json_file,
+    iou_type="boundary",
+    dilation_ratio=DEFAULT_DILATION_RATIO,
+    verbose=True,
+):
     """Boundary AP (or plain mask AP with ``iou_type="segm"``) of COCO-format instance results.
 
     ``dt_json_file`` is a COCO results file, e.g. Detectron2's ``coco_instances_results.json``;

@@ -1,4 +1,4 @@
-"""Choose the evaluators of a dataset from its ``evaluator_type`` metadata, as upstream's train_net.py."""
+"""Pick the evaluators of a dataset from its ``evaluator_type``, as upstream's train_net.py does."""
 import os
 
 from detectron2.data import MetadataCatalog
@@ -33,7 +33,7 @@ def _check_single_machine(dataset_name):
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
-    """Evaluator(s) for ``dataset_name``, chosen like upstream Mask2Former's ``Trainer.build_evaluator``.
+    """Evaluator(s) for ``dataset_name``, chosen as upstream Mask2Former's ``build_evaluator``.
 
     By ``MetadataCatalog.get(dataset_name).evaluator_type``:
 
@@ -69,9 +69,12 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     if evaluator_type == "lvis":
         return LVISEvaluator(dataset_name, output_dir=output_folder)
 
+    def semantic():
+        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
     evaluators = []
     if evaluator_type in ("sem_seg", "ade20k_panoptic_seg"):
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        evaluators.append(semantic())
     if evaluator_type == "coco":
         evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
     if evaluator_type in PANOPTIC_EVALUATOR_TYPES and test_cfg.PANOPTIC_ON:
@@ -80,12 +83,12 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
         if test_cfg.INSTANCE_ON:
             evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
         if test_cfg.SEMANTIC_ON:
-            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+            evaluators.append(semantic())
     if evaluator_type == "mapillary_vistas_panoptic_seg":
         if test_cfg.INSTANCE_ON:
             evaluators.append(InstanceSegEvaluator(dataset_name, output_dir=output_folder))
         if test_cfg.SEMANTIC_ON:
-            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+            evaluators.append(semantic())
     if evaluator_type == "cityscapes_panoptic_seg":
         if test_cfg.SEMANTIC_ON or test_cfg.INSTANCE_ON:
             _check_single_machine(dataset_name)

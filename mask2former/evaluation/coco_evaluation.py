@@ -17,7 +17,16 @@ class COCOEvaluator(_D2COCOEvaluator):
     Detectron2 fails at once.
     """
 
-    def __init__(self, dataset_name, tasks=None, distributed=True, output_dir=None, *, use_fast_impl=None, **kwargs):
+    def __init__(
+        self,
+        dataset_name,
+        tasks=None,
+        distributed=True,
+        output_dir=None,
+        *,
+        use_fast_impl=None,
+        **kwargs,
+    ):
         if use_fast_impl is None:
             use_fast_impl = has_compiled_ops()
         elif use_fast_impl and not has_compiled_ops():

@@ -40,7 +40,9 @@ def pq_from_files(gt_json_file, pred_json_file, gt_folder, pred_folder):
         pred_json = json.load(f)
     categories = {category["id"]: category for category in gt_json["categories"]}
     pred_by_image = {ann["image_id"]: ann for ann in pred_json["annotations"]}
-    missing = [ann["image_id"] for ann in gt_json["annotations"] if ann["image_id"] not in pred_by_image]
+    missing = [
+        ann["image_id"] for ann in gt_json["annotations"] if ann["image_id"] not in pred_by_image
+    ]
     if missing:
         raise ValueError(
             f"{len(missing)} images of {gt_json_file} have no panoptic prediction in "
@@ -49,16 +51,22 @@ def pq_from_files(gt_json_file, pred_json_file, gt_folder, pred_folder):
     matched = [(ann, pred_by_image[ann["image_id"]]) for ann in gt_json["annotations"]]
 
     with contextlib.redirect_stdout(io.StringIO()):
-        pq_stat = pq_compute_multi_core(matched, gt_folder, pred_folder, categories) if matched else PQStat()
+        if matched:
+            pq_stat = pq_compute_multi_core(matched, gt_folder, pred_folder, categories)
+        else:
+            pq_stat = PQStat()
 
     results = {}
     for name, isthing, _ in _GROUPS:
         group = {
-            label: info for label, info in categories.items() if isthing is None or bool(info["isthing"]) == isthing
+            label: info
+            for label, info in categories.items()
+            if isthing is None or bool(info["isthing"]) == isthing
         }
         in_play = [label for label in group if _count(pq_stat[label]) > 0]
         if in_play:
-            scores, per_class = pq_stat.pq_average({label: group[label] for label in in_play}, isthing=None)
+            in_play_categories = {label: group[label] for label in in_play}
+            scores, per_class = pq_stat.pq_average(in_play_categories, isthing=None)
         else:
             scores, per_class = {"n": 0}, {}
         results[name] = scores
@@ -106,7 +114,9 @@ class COCOPanopticEvaluator(_D2COCOPanopticEvaluator):
         res = {}
         for name, _, suffix in _GROUPS:
             if pq_res[name]["n"] == 0:
-                logger.warning(f"No {name.lower()} categories in {self._metadata.name}: no PQ{suffix}.")
+                logger.warning(
+                    f"No {name.lower()} categories in {self._metadata.name}: no PQ{suffix}."
+                )
                 continue
             for metric in ("pq", "sq", "rq"):
                 res[metric.upper() + suffix] = 100 * pq_res[name][metric]

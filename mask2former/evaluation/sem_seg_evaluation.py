@@ -46,5 +46,7 @@ class SemSegEvaluator(_D2SemSegEvaluator):
         if problems:
             raise ValueError(
                 f"Cannot evaluate the semantic segmentation of '{input_dict['file_name']}' against "
-                f"the ground truth '{gt_file}' of '{self._dataset_name}': " + "; ".join(problems) + "."
+                f"the ground truth '{gt_file}' of '{self._dataset_name}': "
+                + "; ".join(problems)
+                + "."
             )

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def image_key(file_name):
-    """Images are matched between predictions and dataset by file name without folder and extension."""
+    """Predictions and dataset records are matched by file name, without folder and extension."""
     return os.path.splitext(os.path.basename(file_name))[0]
 
 
@@ -53,7 +53,8 @@ def _load_predictions(json_file, metadata):
                 f"{json_file}: category_id {category_id} of {prediction['file_name']} is outside "
                 f"[0, {num_classes}) for '{metadata.name}'."
             )
-        by_image[image_key(prediction["file_name"])].append((category_id, prediction["segmentation"]))
+        key = image_key(prediction["file_name"])
+        by_image[key].append((category_id, prediction["segmentation"]))
     return by_image
 
 
@@ -128,13 +129,15 @@ def evaluate_pq_for_semantic_segmentation(dataset_name, json_file):
     class_names = metadata.stuff_classes
     num_classes = len(class_names)
     ignore_label = metadata.ignore_label
-    gt_files = {image_key(d["file_name"]): d["sem_seg_file_name"] for d in DatasetCatalog.get(dataset_name)}
+    gt_files = {
+        image_key(d["file_name"]): d["sem_seg_file_name"] for d in DatasetCatalog.get(dataset_name)
+    }
     predictions = _load_predictions(json_file, metadata)
     unknown = sorted(set(predictions) - set(gt_files))
     if unknown:
         raise ValueError(
-            f"{json_file} has predictions for {len(unknown)} images that are not in '{dataset_name}', "
-            f"e.g. {unknown[:5]}."
+            f"{json_file} has predictions for {len(unknown)} images that are not in "
+            f"'{dataset_name}', e.g. {unknown[:5]}."
         )
 
     categories = [{"id": i, "name": name, "isthing": 0} for i, name in enumerate(class_names)]
@@ -166,10 +169,11 @@ def evaluate_pq_for_semantic_segmentation(dataset_name, json_file):
         pq = pq_from_files(gt_json, pred_json, gt_folder, pred_folder)
 
     scores = pq["All"]
-    results = {metric.upper(): 100 * scores.get(metric, float("nan")) for metric in ("pq", "sq", "rq")}
+    results = {m.upper(): 100 * scores.get(m, float("nan")) for m in ("pq", "sq", "rq")}
     results["n"] = scores["n"]
     results["mIoU"] = 100 * _miou(conf_matrix) if predictions else float("nan")
     results["per_class"] = {
-        class_names[c]: {k.upper(): 100 * v for k, v in s.items()} for c, s in pq["per_class"].items()
+        class_names[c]: {k.upper(): 100 * v for k, v in class_scores.items()}
+        for c, class_scores in pq["per_class"].items()
     }
     return results
