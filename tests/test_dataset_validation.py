@@ -14,7 +14,12 @@ from detectron2.projects.deeplab import add_deeplab_config
 
 from mask2former import add_maskformer2_config
 from mask2former.data import custom, synthetic
-from mask2former.data.validation import DatasetValidationError, ValidationReport, validate_dataset_dicts
+from mask2former.data.validation import (
+    DatasetValidationError,
+    ValidationReport,
+    check_num_classes,
+    validate_dataset_dicts,
+)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -191,3 +196,27 @@ def test_check_dataset_tool_exit_status_and_listing(tmp_path, capsys):
     assert "OK     tool_good (3 images)" in out
     assert "FAILED tool_bad" in err and "001.jpg: image has no mask" in err
     assert tool.main(["--spec", good]) == 0
+
+
+@pytest.mark.parametrize(
+    "dataset, mapper, num_classes, ok",
+    [
+        ("synthetic_panoptic_train", "mask_former_panoptic", 8, True),
+        ("synthetic_panoptic_train", "mask_former_panoptic", 4, False),  # 8 classes, things and stuff
+        ("synthetic_instance_train", "mask_former_instance", 4, True),  # 4 thing classes
+        ("synthetic_instance_train", "coco_instance_lsj", 3, False),
+        ("synthetic_sem_seg_train", "mask_former_semantic", 7, False),
+    ],
+)
+def test_num_classes_must_cover_the_training_classes(dataset, mapper, num_classes, ok):
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_maskformer2_config(cfg)
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.INPUT.DATASET_MAPPER_NAME = mapper
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
+    if ok:
+        check_num_classes(cfg)
+    else:
+        with pytest.raises(ValueError, match=f"NUM_CLASSES is {num_classes} but the training dataset '{dataset}'"):
+            check_num_classes(cfg)

@@ -22,6 +22,7 @@ __all__ = [
     "check_label_mask",
     "check_panoptic_png",
     "validate_dataset_dicts",
+    "check_num_classes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -219,3 +220,28 @@ def validate_dataset_dicts(dataset_dicts, metadata=None, dataset_name="dataset",
     if own_report:
         report.raise_if_failed()
     return report
+
+
+_INSTANCE_MAPPERS = ("mask_former_instance", "coco_instance_lsj")
+
+
+def check_num_classes(cfg):
+    """
+    The model must have a class for every label its training data uses: an error naming both
+    numbers if ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` is smaller than the classes of a
+    ``DATASETS.TRAIN`` dataset (its thing classes for instance mappers, all its classes
+    otherwise), which would otherwise fail deep inside the loss or train on wrong labels.
+    """
+    from detectron2.data import MetadataCatalog
+
+    instance = cfg.INPUT.DATASET_MAPPER_NAME in _INSTANCE_MAPPERS
+    key = "thing_classes" if instance else "stuff_classes"
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    for name in cfg.DATASETS.TRAIN:
+        classes = MetadataCatalog.get(name).get(key, None)
+        if classes is not None and len(classes) > num_classes:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes} but the training dataset {name!r} has "
+                f"{len(classes)} {key.replace('_', ' ')} (mapper {cfg.INPUT.DATASET_MAPPER_NAME!r}); "
+                f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}."
+            )
