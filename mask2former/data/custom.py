@@ -76,6 +76,8 @@ DATASET_TYPES = {
     },
 }
 
+_PATH_KEYS = {"image_root", "sem_seg_root", "classes", "json_file", "panoptic_root", "instances_json"}
+
 # name -> spec of the custom datasets registered by this module (to allow identical re-registration).
 _registered_specs = {}
 
@@ -115,6 +117,8 @@ def parse_dataset_spec(text):
     if validate not in ("true", "false"):
         raise ValueError(f"Custom dataset spec {text!r}: validate must be true or false, got {validate!r}.")
     spec["validate"] = validate == "true"
+    for key in _PATH_KEYS & set(spec):
+        spec[key] = os.path.expanduser(spec[key])
     if "ignore_label" in spec:
         try:
             spec["ignore_label"] = int(spec["ignore_label"])
