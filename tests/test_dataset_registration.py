@@ -103,13 +103,15 @@ def test_coco_panoptic_metadata():
     assert metadata.stuff_classes[0] == "person" and metadata.stuff_classes[80] == "banner"
     # COCO ids 1..90 of the 80 things map to 0..79; the 53 stuff ids 92..200 follow as 80..132;
     # the stuff map lists every class so that semantic evaluation covers things too.
-    assert metadata.thing_dataset_id_to_contiguous_id == {c["id"]: i for i, c in enumerate(coco_things)}
+    expected_thing_ids = {c["id"]: i for i, c in enumerate(coco_things)}
+    assert metadata.thing_dataset_id_to_contiguous_id == expected_thing_ids
     assert metadata.thing_dataset_id_to_contiguous_id[90] == 79
     assert len(metadata.stuff_dataset_id_to_contiguous_id) == 133
     assert metadata.stuff_dataset_id_to_contiguous_id[92] == 80
     assert metadata.stuff_dataset_id_to_contiguous_id[200] == 132
-    assert metadata.json_file.endswith(os.path.join("coco", "annotations", "instances_val2017.json"))
-    assert metadata.panoptic_json.endswith(os.path.join("coco", "annotations", "panoptic_val2017.json"))
+    annotations = os.path.join("coco", "annotations")
+    assert metadata.json_file.endswith(os.path.join(annotations, "instances_val2017.json"))
+    assert metadata.panoptic_json.endswith(os.path.join(annotations, "panoptic_val2017.json"))
     assert metadata.sem_seg_root.endswith(os.path.join("coco", "panoptic_semseg_val2017"))
     assert metadata.image_root.endswith(os.path.join("coco", "val2017"))
 
@@ -127,7 +129,8 @@ def test_ade20k_tables_agree_with_detectron2_and_with_each_other():
     panoptic = MetadataCatalog.get("ade20k_panoptic_val")
     assert panoptic.thing_classes[:3] == ["bed", "window ", "cabinet"]
     assert panoptic.thing_dataset_id_to_contiguous_id[7] == 7
-    assert panoptic.json_file.endswith(os.path.join("ADEChallengeData2016", "ade20k_instance_val.json"))
+    instance_json = os.path.join("ADEChallengeData2016", "ade20k_instance_val.json")
+    assert panoptic.json_file.endswith(instance_json)
 
     instance = MetadataCatalog.get("ade20k_instance_val")
     assert instance.thing_classes[:3] == ["bed", "windowpane", "cabinet"]
@@ -212,7 +215,8 @@ def test_registration_reads_no_dataset_file(tmp_path, monkeypatch, register_unde
         raise AssertionError(f"registration touched the disk: {args}")
 
     with monkeypatch.context() as patch:
-        for module, attribute in [(builtins, "open"), (os, "stat"), (os, "listdir"), (os, "scandir")]:
+        disk_access = [(builtins, "open"), (os, "stat"), (os, "listdir"), (os, "scandir")]
+        for module, attribute in disk_access:
             patch.setattr(module, attribute, forbidden)
         register_under(tmp_path / "not-there")
     assert MetadataCatalog.get("ade20k_panoptic_val").image_root == str(
@@ -280,14 +284,19 @@ def write_json(path, content):
 def write_coco_panoptic(coco, split):
     save_jpg(coco / split / "000000000042.jpg")
     save_image(coco / f"panoptic_{split}" / "000000000042.png", np.zeros((4, 6, 3), dtype=np.uint8))
-    save_image(coco / f"panoptic_semseg_{split}" / "000000000042.png", np.zeros((4, 6), dtype=np.uint8))
+    semantic = np.zeros((4, 6), dtype=np.uint8)
+    save_image(coco / f"panoptic_semseg_{split}" / "000000000042.png", semantic)
     segments = [
         {"id": 1, "category_id": 1, "iscrowd": 0, "area": 4},
         {"id": 300, "category_id": 92, "iscrowd": 0, "area": 8},
     ]
     write_json(
         coco / "annotations" / f"panoptic_{split}.json",
-        {"annotations": [{"image_id": 42, "file_name": "000000000042.png", "segments_info": segments}]},
+        {
+            "annotations": [
+                {"image_id": 42, "file_name": "000000000042.png", "segments_info": segments}
+            ]
+        },
     )
 
 
@@ -309,10 +318,15 @@ def test_load_coco_panoptic_with_sem_seg(tmp_path, register_under):
 def test_load_panoptic_rejects_unknown_category(tmp_path, register_under):
     coco = tmp_path / "coco"
     write_coco_panoptic(coco, "val2017")
-    bad = {"image_id": 42, "file_name": "000000000042.png", "segments_info": [{"id": 5, "category_id": 91}]}
+    bad = {
+        "image_id": 42,
+        "file_name": "000000000042.png",
+        "segments_info": [{"id": 5, "category_id": 91}],
+    }
     write_json(coco / "annotations" / "panoptic_val2017.json", {"annotations": [bad]})
     register_under(tmp_path)
-    with pytest.raises(ValueError, match=r"panoptic_val2017\.json: segment 5 of 000000000042\.png has category_id 91"):
+    message = r"panoptic_val2017\.json: segment 5 of 000000000042\.png has category_id 91"
+    with pytest.raises(ValueError, match=message):
         DatasetCatalog.get("coco_2017_val_panoptic_with_sem_seg")
 
 
@@ -353,13 +367,16 @@ def test_load_ade20k_full_and_coco_stuff_10k(tmp_path, register_under):
     stuff = tmp_path / "coco" / "coco_stuff_10k"
     for split in ["train", "test"]:
         save_jpg(stuff / "images_detectron2" / split / "COCO_1.jpg")
-        save_image(stuff / "annotations_detectron2" / split / "COCO_1.png", np.zeros((4, 6), dtype=np.uint8))
+        label = np.zeros((4, 6), dtype=np.uint8)
+        save_image(stuff / "annotations_detectron2" / split / "COCO_1.png", label)
     register_under(tmp_path)
 
     assert DatasetCatalog.get("ade20k_full_sem_seg_val") == [
         {
             "file_name": str(full / "images_detectron2" / "validation" / "ADE_frame_1.jpg"),
-            "sem_seg_file_name": str(full / "annotations_detectron2" / "validation" / "ADE_frame_1.tif"),
+            "sem_seg_file_name": str(
+                full / "annotations_detectron2" / "validation" / "ADE_frame_1.tif"
+            ),
         }
     ]
     for split in ["train", "test"]:
@@ -372,7 +389,9 @@ def test_load_ade20k_full_and_coco_stuff_10k(tmp_path, register_under):
 
 
 def load_prepare_script(name):
-    spec = importlib.util.spec_from_file_location(f"_registration_test_{name}", os.path.join(REPO_ROOT, "datasets", name + ".py"))
+    spec = importlib.util.spec_from_file_location(
+        f"_registration_test_{name}", os.path.join(REPO_ROOT, "datasets", name + ".py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -381,13 +400,15 @@ def load_prepare_script(name):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_ade20k_prepared_with_the_scripts_loads_as_panoptic_and_instance(tmp_path, register_under):
     dataset = tmp_path / "ADEChallengeData2016"
-    semantic = np.array([[1, 1, 1, 8], [1, 1, 8, 8], [4, 4, 8, 8]], dtype=np.uint8)  # wall, floor, bed
+    # raw ADE20K labels: wall (1), floor (4), bed (8)
+    semantic = np.array([[1, 1, 1, 8], [1, 1, 8, 8], [4, 4, 8, 8]], dtype=np.uint8)
     instance = np.zeros((3, 4, 3), dtype=np.uint8)
     instance[:, 2:4, 0] = 1  # instance class 1 = bed
     instance[:, 2:4, 1] = 1
     instance[0, 3, 0:2] = [4, 2]  # a one-pixel person (instance class 4)
     for dirname in ["training", "validation"]:
-        save_image(dataset / "images" / dirname / "ADE_x_1.jpg", np.zeros((3, 4, 3), dtype=np.uint8))
+        image = np.zeros((3, 4, 3), dtype=np.uint8)
+        save_image(dataset / "images" / dirname / "ADE_x_1.jpg", image)
         save_image(dataset / "annotations" / dirname / "ADE_x_1.png", semantic)
         save_image(dataset / "annotations_instance" / dirname / "ADE_x_1.png", instance)
     for script in ["prepare_ade20k_sem_seg", "prepare_ade20k_pan_seg", "prepare_ade20k_ins_seg"]:
@@ -396,7 +417,8 @@ def test_ade20k_prepared_with_the_scripts_loads_as_panoptic_and_instance(tmp_pat
 
     (panoptic,) = DatasetCatalog.get("ade20k_panoptic_val")
     assert panoptic["image_id"] == "ADE_x_1"
-    assert panoptic["sem_seg_file_name"] == str(dataset / "annotations_detectron2" / "validation" / "ADE_x_1.png")
+    semantic_png = dataset / "annotations_detectron2" / "validation" / "ADE_x_1.png"
+    assert panoptic["sem_seg_file_name"] == str(semantic_png)
     assert [(s["category_id"], s["isthing"], s["area"]) for s in panoptic["segments_info"]] == [
         (0, False, 5),  # wall
         (3, False, 2),  # floor
@@ -417,7 +439,8 @@ def test_detectron2_builtin_datasets_follow_DETECTRON2_DATASETS(tmp_path):
     root = tmp_path / "data"
     ade = root / "ADEChallengeData2016"
     save_jpg(ade / "images" / "validation" / "ADE_val_1.jpg")
-    save_image(ade / "annotations_detectron2" / "validation" / "ADE_val_1.png", np.zeros((4, 6), dtype=np.uint8))
+    label = np.zeros((4, 6), dtype=np.uint8)
+    save_image(ade / "annotations_detectron2" / "validation" / "ADE_val_1.png", label)
     coco = root / "coco"
     save_jpg(coco / "val2017" / "000000000042.jpg")
     write_json(
@@ -435,7 +458,9 @@ def test_detectron2_builtin_datasets_follow_DETECTRON2_DATASETS(tmp_path):
                     "segmentation": [[1, 1, 3, 1, 3, 3, 1, 3]],
                 }
             ],
-            "categories": [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]],
+            "categories": [
+                {"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]
+            ],
         },
     )
     probe = textwrap.dedent(
@@ -448,9 +473,16 @@ def test_detectron2_builtin_datasets_follow_DETECTRON2_DATASETS(tmp_path):
         result = {}
         result["ade20k_sem_seg_val"] = DatasetCatalog.get("ade20k_sem_seg_val")
         coco = DatasetCatalog.get("coco_2017_val")
-        result["coco_2017_val"] = [(r["file_name"], [a["category_id"] for a in r["annotations"]]) for r in coco]
-        for name in ["cityscapes_fine_sem_seg_val", "cityscapes_fine_instance_seg_val",
-                     "cityscapes_fine_panoptic_val", "coco_2017_train_panoptic", "ade20k_sem_seg_train"]:
+        result["coco_2017_val"] = [
+            (r["file_name"], [a["category_id"] for a in r["annotations"]]) for r in coco
+        ]
+        for name in [
+            "cityscapes_fine_sem_seg_val",
+            "cityscapes_fine_instance_seg_val",
+            "cityscapes_fine_panoptic_val",
+            "coco_2017_train_panoptic",
+            "ade20k_sem_seg_train",
+        ]:
             try:
                 DatasetCatalog.get(name)
                 result[name] = "loaded"
@@ -458,14 +490,21 @@ def test_detectron2_builtin_datasets_follow_DETECTRON2_DATASETS(tmp_path):
                 result[name] = str(error)
         result["image_roots"] = {
             name: MetadataCatalog.get(name).image_root
-            for name in ["ade20k_panoptic_val", "coco_2017_val_panoptic_with_sem_seg", "coco_2017_val"]
+            for name in [
+                "ade20k_panoptic_val", "coco_2017_val_panoptic_with_sem_seg", "coco_2017_val"
+            ]
         }
         print("RESULT " + json.dumps(result))
         """
     )
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1")
     completed = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", probe],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(completed.stdout.split("RESULT ", 1)[1])
@@ -473,7 +512,9 @@ def test_detectron2_builtin_datasets_follow_DETECTRON2_DATASETS(tmp_path):
     assert result["ade20k_sem_seg_val"] == [
         {
             "file_name": str(ade / "images" / "validation" / "ADE_val_1.jpg"),
-            "sem_seg_file_name": str(ade / "annotations_detectron2" / "validation" / "ADE_val_1.png"),
+            "sem_seg_file_name": str(
+                ade / "annotations_detectron2" / "validation" / "ADE_val_1.png"
+            ),
         }
     ]
     # COCO category 18 (dog) is the 17th thing class

@@ -18,7 +18,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def load_script(name):
     module_name = f"_datasets_{name}"
     if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, os.path.join(REPO_ROOT, "datasets", name + ".py"))
+        path = os.path.join(REPO_ROOT, "datasets", name + ".py")
+        spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         # Registered so that worker processes can unpickle the script's functions.
         sys.modules[module_name] = module
@@ -132,7 +133,9 @@ def test_prepare_coco_semantic_from_panoptic(tmp_path, workers):
 def test_prepare_coco_semantic_rejects_unknown_category(tmp_path):
     script = load_script("prepare_coco_semantic_annos_from_panoptic_annos")
     coco = tmp_path / "coco"
-    write_coco_panoptic_split(coco, "val2017", segments=[{"id": 1, "category_id": 91, "iscrowd": 0}])
+    write_coco_panoptic_split(
+        coco, "val2017", segments=[{"id": 1, "category_id": 91, "iscrowd": 0}]
+    )
     with pytest.raises(ValueError, match=r"000000000042\.png.*category_id 91"):
         script.separate_coco_semantic_from_panoptic(
             str(coco / "annotations" / "panoptic_val2017.json"),
@@ -181,7 +184,9 @@ def write_raw_ade20k(root):
         image_id = f"ADE_{dirname}_00000001"
         save_jpg(str(dataset / "images" / dirname / f"{image_id}.jpg"), 6, 8)
         save_png(str(dataset / "annotations" / dirname / f"{image_id}.png"), ADE_RAW_SEMANTIC)
-        instance = np.stack([ADE_INSTANCE_CLASS, ADE_INSTANCE_INDEX, np.zeros_like(ADE_INSTANCE_CLASS)], axis=-1)
+        instance = np.stack(
+            [ADE_INSTANCE_CLASS, ADE_INSTANCE_INDEX, np.zeros_like(ADE_INSTANCE_CLASS)], axis=-1
+        )
         save_png(str(dataset / "annotations_instance" / dirname / f"{image_id}.png"), instance)
     return dataset
 
@@ -201,7 +206,9 @@ def test_prepare_ade20k_pan_seg(tmp_path):
         image_id = f"ADE_{dirname}_00000001"
         with open(dataset / f"ade20k_panoptic_{name}.json") as f:
             content = json.load(f)
-        assert content["images"] == [{"id": image_id, "file_name": image_id + ".jpg", "width": 8, "height": 6}]
+        assert content["images"] == [
+            {"id": image_id, "file_name": image_id + ".jpg", "width": 8, "height": 6}
+        ]
         categories = content["categories"]
         assert [c["id"] for c in categories] == list(range(150))
         assert sum(c["isthing"] for c in categories) == 100
@@ -232,7 +239,8 @@ def test_prepare_ade20k_pan_seg(tmp_path):
         assert person == id_of([150, 5, 61])
         assert len({wall, floor, skyscraper, bed1, bed2, person}) == 6
 
-        panoptic = id_of(np.asarray(Image.open(dataset / f"ade20k_panoptic_{name}" / f"{image_id}.png")))
+        panoptic_png = dataset / f"ade20k_panoptic_{name}" / f"{image_id}.png"
+        panoptic = id_of(np.asarray(Image.open(panoptic_png)))
         expected = np.zeros((6, 8), dtype=np.int64)
         expected[region(slice(0, 2), slice(None))] = wall
         expected[region(slice(2, 4), slice(0, 4))] = skyscraper
@@ -250,7 +258,8 @@ def test_prepare_ade20k_pan_seg_rejects_an_instance_with_two_classes(tmp_path):
     instance = np.asarray(Image.open(instance_png)).copy()
     instance[4, 0, 0] = 4  # one pixel of bed 1 claims to be a person
     save_png(str(instance_png), instance)
-    with pytest.raises(ValueError, match=r"ADE_training_00000001\.png: instance 1 has class value\(s\) \[1, 4\]"):
+    message = r"ADE_training_00000001\.png: instance 1 has class value\(s\) \[1, 4\]"
+    with pytest.raises(ValueError, match=message):
         script.main(["--root", str(tmp_path)])
 
 
@@ -265,7 +274,9 @@ def test_prepare_ade20k_ins_seg(tmp_path):
         image_id = f"ADE_{dirname}_00000001"
         with open(dataset / f"ade20k_instance_{name}.json") as f:
             content = json.load(f)
-        assert content["images"] == [{"id": image_id, "file_name": image_id + ".jpg", "width": 8, "height": 6}]
+        assert content["images"] == [
+            {"id": image_id, "file_name": image_id + ".jpg", "width": 8, "height": 6}
+        ]
         categories = content["categories"]
         assert len(categories) == 100
         assert categories[:3] == [
@@ -276,7 +287,11 @@ def test_prepare_ade20k_ins_seg(tmp_path):
         assert categories[-1] == {"id": 149, "name": "flag"}
 
         annotations = content["annotations"]
-        assert [(a["id"], a["image_id"], a["category_id"], a["bbox"], a["area"], a["iscrowd"]) for a in annotations] == [
+        summary = [
+            (a["id"], a["image_id"], a["category_id"], a["bbox"], a["area"], a["iscrowd"])
+            for a in annotations
+        ]
+        assert summary == [
             (1, image_id, 7, [0, 4, 3, 2], 6, 0),
             (2, image_id, 7, [3, 4, 3, 2], 6, 0),
             (3, image_id, 12, [7, 0, 1, 3], 3, 0),
@@ -287,7 +302,8 @@ def test_prepare_ade20k_ins_seg(tmp_path):
             region(slice(0, 3), 7),
         ]
         for annotation, expected in zip(annotations, expected_masks):
-            rle = dict(annotation["segmentation"], counts=annotation["segmentation"]["counts"].encode())
+            segmentation = annotation["segmentation"]
+            rle = dict(segmentation, counts=segmentation["counts"].encode())
             assert annotation["segmentation"]["size"] == [6, 8]
             np.testing.assert_array_equal(mask_util.decode(rle).astype(bool), expected)
 
@@ -319,22 +335,27 @@ def test_prepare_ade20k_full_sem_seg(tmp_path):
         save_png(str(tmp_path / folder / f"{file_name}_seg.png"), seg)
         save_jpg(str(tmp_path / folder / f"{file_name}.jpg"), *seg.shape[:2])
     with open(tmp_path / "ADE20K_2021_17_01" / "index_ade20k.pkl", "wb") as f:
-        pickle.dump({"folder": [folder, folder], "filename": ["ADE_val_00000001.jpg", "ADE_train_00000001.jpg"]}, f)
+        file_names = ["ADE_val_00000001.jpg", "ADE_train_00000001.jpg"]
+        pickle.dump({"folder": [folder, folder], "filename": file_names}, f)
 
     script.main(["--root", str(tmp_path)])
 
     output = tmp_path / "ADE20K_2021_17_01"
-    labels = np.asarray(Image.open(output / "annotations_detectron2" / "validation" / "ADE_val_00000001.tif"))
+    validation_tif = output / "annotations_detectron2" / "validation" / "ADE_val_00000001.tif"
+    labels = np.asarray(Image.open(validation_tif))
     assert labels.dtype == np.uint16
     expected = np.array([[0] * 5 + [65535]] * 2 + [[7] * 5 + [65535]] * 2)
     np.testing.assert_array_equal(labels, expected)
-    assert Image.open(output / "images_detectron2" / "validation" / "ADE_val_00000001.jpg").size == (6, 4)
+    validation_jpg = output / "images_detectron2" / "validation" / "ADE_val_00000001.jpg"
+    assert Image.open(validation_jpg).size == (6, 4)
 
-    labels = np.asarray(Image.open(output / "annotations_detectron2" / "training" / "ADE_train_00000001.tif"))
+    training_tif = output / "annotations_detectron2" / "training" / "ADE_train_00000001.tif"
+    labels = np.asarray(Image.open(training_tif))
     assert labels.shape == (512, 591)
     assert (labels[:, :290] == 846).all() and (labels[:, 300:] == 1).all()
     assert set(np.unique(labels).tolist()) == {1, 846}
-    assert Image.open(output / "images_detectron2" / "training" / "ADE_train_00000001.jpg").size == (591, 512)
+    training_jpg = output / "images_detectron2" / "training" / "ADE_train_00000001.jpg"
+    assert Image.open(training_jpg).size == (591, 512)
 
 
 def test_prepare_ade20k_full_sem_seg_names_a_missing_index(tmp_path):
