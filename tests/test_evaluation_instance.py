@@ -162,3 +162,15 @@ def test_instance_seg_evaluator_maps_panoptic_contiguous_ids(register, tmp_path)
     assert res["AP50"] == pytest.approx(100 * (1 + 0.5) / 2)
     results = json.loads((tmp_path / "coco_instances_results.json").read_text())
     assert sorted({r["category_id"] for r in results}) == [CAT, DOG]
+
+
+def test_dataset_without_instance_annotations_is_a_clear_error():
+    name = "test_evaluation_instance_no_json"
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(json_file=None)
+    try:
+        with pytest.raises(ValueError, match=f"'{name}' was registered with json_file=None"):
+            InstanceSegEvaluator(name)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

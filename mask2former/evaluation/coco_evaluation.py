@@ -1,4 +1,5 @@
 """COCO instance AP through pycocotools, usable with or without Detectron2's compiled ops."""
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
 
 from ..utils.detectron2_compat import MissingCompiledOpError, has_compiled_ops
@@ -15,6 +16,9 @@ class COCOEvaluator(_D2COCOEvaluator):
     ``use_fast_impl`` unset picks the fast implementation when it exists (Detectron2's default)
     and the official pycocotools COCOeval otherwise; asking for it explicitly on a Python-only
     Detectron2 fails at once.
+
+    A dataset registered with ``json_file=None`` (a panoptic dataset without instance annotations,
+    such as Mapillary Vistas) is refused with a clear error instead of failing inside PathManager.
     """
 
     def __init__(
@@ -27,6 +31,12 @@ class COCOEvaluator(_D2COCOEvaluator):
         use_fast_impl=None,
         **kwargs,
     ):
+        if MetadataCatalog.get(dataset_name).get("json_file", "") is None:
+            raise ValueError(
+                f"Instance AP needs COCO instance annotations, but '{dataset_name}' was registered "
+                "with json_file=None. Register the dataset with the path of an instances json, or "
+                "set MODEL.MASK_FORMER.TEST.INSTANCE_ON False."
+            )
         if use_fast_impl is None:
             use_fast_impl = has_compiled_ops()
         elif use_fast_impl and not has_compiled_ops():
