@@ -253,40 +253,42 @@ class MaskFormer(nn.Module):
             (K, height, width) scores, ``panoptic_seg`` (id map int32, segments_info) and
             ``instances``, depending on the enabled inference types.
         """
+        if not self.training:
+            images, mask_cls_results, mask_pred_results = self.predict_masks(batched_inputs)
+            processed_results = []
+            for mask_cls, mask_pred, input_per_image, image_size in zip(
+                mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes
+            ):
+                height = input_per_image.get("height", image_size[0])
+                width = input_per_image.get("width", image_size[1])
+                if self.sem_seg_postprocess_before_inference:
+                    mask_pred = resize_to_output(mask_pred, image_size, height, width)
+                    processed_results.append(self.postprocess(mask_cls.to(mask_pred), mask_pred))
+                else:
+                    sem_seg = self.semantic_inference(mask_cls, mask_pred)
+                    processed_results.append({"sem_seg": resize_to_output(sem_seg, image_size, height, width)})
+            return processed_results
+
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        outputs = self.sem_seg_head(features)
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        if "instances" in batched_inputs[0]:
+            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+            targets = self.prepare_targets(gt_instances, images)
+        else:
+            targets = None
+        losses = self.criterion(outputs, targets)
+        weight_dict = self.criterion.weight_dict
+        return {k: v * weight_dict[k] for k, v in losses.items() if k in weight_dict}
 
-        if self.training:
-            if "instances" in batched_inputs[0]:
-                gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-                targets = self.prepare_targets(gt_instances, images)
-            else:
-                targets = None
-            losses = self.criterion(outputs, targets)
-            weight_dict = self.criterion.weight_dict
-            return {k: v * weight_dict[k] for k, v in losses.items() if k in weight_dict}
-
-        mask_cls_results = outputs["pred_logits"]
+    def predict_masks(self, batched_inputs: List[Dict]):
+        """Inference up to the head: (padded ImageList, class logits (N, Q, K+1), mask logits
+        (N, Q, H_pad, W_pad) bilinearly upsampled to the padded input size)."""
+        images = self.preprocess_image(batched_inputs)
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
         mask_pred_results = F.interpolate(
             outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
         )
-        del outputs
-
-        processed_results = []
-        for mask_cls, mask_pred, input_per_image, image_size in zip(
-            mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes
-        ):
-            height = input_per_image.get("height", image_size[0])
-            width = input_per_image.get("width", image_size[1])
-            if self.sem_seg_postprocess_before_inference:
-                mask_pred = resize_to_output(mask_pred, image_size, height, width)
-                mask_cls = mask_cls.to(mask_pred)
-                processed_results.append(self.postprocess(mask_cls, mask_pred))
-            else:
-                sem_seg = self.semantic_inference(mask_cls, mask_pred)
-                processed_results.append({"sem_seg": resize_to_output(sem_seg, image_size, height, width)})
-        return processed_results
+        return images, outputs["pred_logits"], mask_pred_results
 
     def postprocess(self, mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> Dict:
         """Enabled inference types for one image from class logits (Q, K+1) and mask logits
