@@ -10,7 +10,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator as D2COCOPanopticEvaluator
 from panopticapi.utils import id2rgb
 
-from mask2former.evaluation import COCOPanopticEvaluator
+from mask2former.evaluation import COCOPanopticEvaluator, pq_from_files
 
 PERSON, CAR, GRASS = 1, 3, 5  # dataset category ids
 CATEGORIES = [
@@ -107,9 +107,7 @@ def test_perfect_prediction_scores_100(dataset, evaluator_class, tmp_path):
     assert (tmp_path / "out" / "predictions.json").is_file()
 
 
-@pytest.mark.parametrize("evaluator_class", [COCOPanopticEvaluator, D2COCOPanopticEvaluator])
-def test_partial_prediction_matches_hand_computation(dataset, evaluator_class):
-    name, record = dataset
+def _partial_prediction():
     pred = np.full((10, 10), 4, np.int32)  # grass, also over the void pixels
     pred[0:4, 0:3] = 1  # person A loses a column: IoU 12/16
     pred[5:10, 6:10] = 2  # person B loses a column: IoU 20/25
@@ -120,12 +118,21 @@ def test_partial_prediction_matches_hand_computation(dataset, evaluator_class):
         {"id": 3, "category_id": CAR},
         {"id": 4, "category_id": GRASS},
     ]
-    res = _evaluate(evaluator_class, name, record, _model_output(pred, info))
-    # grass: predicted on 64 px, 2 of them void; 45 of the 49 gt grass px are predicted grass
-    # (4 went to the car): IoU = 45 / (64 + 49 - 45 - 2) = 45/66.
-    person_pq = (12 / 16 + 20 / 25) / 2  # 2 TP, SQ = mean IoU, RQ = 1
-    grass_pq = 45 / 66
-    car_pq = 0.0  # TP 0, FP 1, FN 1: RQ = 0
+    return pred, info
+
+
+# grass: predicted on 64 px, 2 of them void; 45 of the 49 gt grass px are predicted grass (4 went
+# to the car): IoU = 45 / (64 + 49 - 45 - 2) = 45/66.
+PERSON_PQ = (12 / 16 + 20 / 25) / 2  # 2 TP, SQ = mean IoU, RQ = 1
+GRASS_PQ = 45 / 66
+CAR_PQ = 0.0  # TP 0, FP 1, FN 1: RQ = 0
+
+
+@pytest.mark.parametrize("evaluator_class", [COCOPanopticEvaluator, D2COCOPanopticEvaluator])
+def test_partial_prediction_matches_hand_computation(dataset, evaluator_class):
+    name, record = dataset
+    res = _evaluate(evaluator_class, name, record, _model_output(*_partial_prediction()))
+    person_pq, grass_pq, car_pq = PERSON_PQ, GRASS_PQ, CAR_PQ
     assert res["PQ"] == pytest.approx(100 * (person_pq + car_pq + grass_pq) / 3)
     assert res["SQ"] == pytest.approx(100 * (person_pq + 0.0 + grass_pq) / 3)
     assert res["RQ"] == pytest.approx(100 * (1 + 0 + 1) / 3)
@@ -155,3 +162,31 @@ def test_dataset_without_stuff_reports_things_only(tmp_path):
     assert res["PQ"] == pytest.approx(100 * (1 + 20 / 25) / 2)
     assert res["PQ_th"] == pytest.approx(res["PQ"])
     assert "PQ_st" not in res
+
+
+def test_worker_processes_add_up_like_one(tmp_path):
+    # Two copies of the partial example, one per worker process: every count doubles, so the
+    # scores are those of one copy.
+    segments, gt_info = _gt_segments()
+    pred, pred_info = _partial_prediction()
+    for kind, label_map in (("gt", segments), ("pred", pred)):
+        (tmp_path / kind).mkdir()
+        for image_id in (1, 2):
+            Image.fromarray(id2rgb(label_map)).save(tmp_path / kind / f"{image_id}.png")
+    for kind, info in (("gt", gt_info), ("pred", pred_info)):
+        annotations = [
+            {"image_id": i, "file_name": f"{i}.png", "segments_info": info} for i in (1, 2)
+        ]
+        (tmp_path / f"{kind}.json").write_text(
+            json.dumps({"annotations": annotations, "categories": CATEGORIES})
+        )
+    res = pq_from_files(
+        str(tmp_path / "gt.json"),
+        str(tmp_path / "pred.json"),
+        str(tmp_path / "gt"),
+        str(tmp_path / "pred"),
+        num_workers=2,
+    )
+    assert res["All"]["pq"] == pytest.approx((PERSON_PQ + CAR_PQ + GRASS_PQ) / 3)
+    assert res["All"]["n"] == 3
+    assert res["Stuff"]["pq"] == pytest.approx(GRASS_PQ)

@@ -4,6 +4,7 @@ import io
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import tempfile
 from collections import OrderedDict
@@ -21,18 +22,22 @@ logger = logging.getLogger(__name__)
 _GROUPS = (("All", None, ""), ("Things", True, "_th"), ("Stuff", False, "_st"))
 
 
-def pq_from_files(gt_json_file, pred_json_file, gt_folder, pred_folder):
+def pq_from_files(gt_json_file, pred_json_file, gt_folder, pred_folder, num_workers=None):
     """PQ/SQ/RQ of COCO-panoptic-format predictions, with panopticapi's matching and statistics.
 
-    Like ``panopticapi.evaluation.pq_compute``, except that a group without any category in play
-    (a dataset without stuff, say) is reported with ``n == 0`` and no scores instead of failing
-    with ZeroDivisionError.
+    Like ``panopticapi.evaluation.pq_compute`` (whose per-image ``pq_compute_single_core`` does
+    all the matching), except that:
+
+    * a group without any category in play (a dataset without stuff, say) is reported with
+      ``n == 0`` and no scores instead of failing with ZeroDivisionError;
+    * the worker pool is sized to the work (at most ``num_workers``, default one per CPU; a single
+      chunk runs in this process) and closed afterwards, where panopticapi leaves it open.
 
     Returns:
         dict: ``{"All" | "Things" | "Stuff": {"pq", "sq", "rq", "n"} (scores absent when n == 0),
         "per_class": {category_id: {"pq", "sq", "rq"}}}``, scores in [0, 1].
     """
-    from panopticapi.evaluation import PQStat, pq_compute_multi_core
+    from panopticapi.evaluation import PQStat
 
     with open(gt_json_file) as f:
         gt_json = json.load(f)
@@ -50,11 +55,11 @@ def pq_from_files(gt_json_file, pred_json_file, gt_folder, pred_folder):
         )
     matched = [(ann, pred_by_image[ann["image_id"]]) for ann in gt_json["annotations"]]
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        if matched:
-            pq_stat = pq_compute_multi_core(matched, gt_folder, pred_folder, categories)
-        else:
-            pq_stat = PQStat()
+    pq_stat = PQStat()
+    with contextlib.redirect_stdout(io.StringIO()):  # panopticapi prints per-core progress
+        chunk_stats = _pq_stats_per_chunk(matched, gt_folder, pred_folder, categories, num_workers)
+    for chunk_stat in chunk_stats:
+        pq_stat += chunk_stat
 
     results = {}
     for name, isthing, _ in _GROUPS:
@@ -73,6 +78,20 @@ def pq_from_files(gt_json_file, pred_json_file, gt_folder, pred_folder):
         if isthing is None:
             results["per_class"] = per_class
     return results
+
+
+def _pq_stats_per_chunk(matched, gt_folder, pred_folder, categories, num_workers):
+    from panopticapi.evaluation import pq_compute_single_core
+
+    num_workers = min(num_workers or multiprocessing.cpu_count(), len(matched))
+    if num_workers == 0:
+        return []
+    chunks = [matched[i::num_workers] for i in range(num_workers)]
+    jobs = [(i, chunk, gt_folder, pred_folder, categories) for i, chunk in enumerate(chunks)]
+    if num_workers == 1:
+        return [pq_compute_single_core(*jobs[0])]
+    with multiprocessing.Pool(processes=num_workers) as pool:
+        return pool.starmap(pq_compute_single_core, jobs)
 
 
 def _count(stat):
