@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Inference speed and memory of a Mask2Former config: seconds per image (median over --iters after
+--warmup runs) split into backbone + head and post-processing, and peak memory.
+
+Random weights are fine for speed (post-processing work depends a little on the predictions:
+pass --weights for a trained model's figures). Example, the reference figure of the project
+(COCO panoptic R50, 512x512, 2 threads, CPU):
+
+    python tools/benchmark_inference.py \\
+        --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml \\
+        --size 512 --threads 2 --warmup 2 --iters 10 --device cpu
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import mask2former  # noqa: E402  (applies the detectron2 compatibility layer first)
+import torch  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.projects.deeplab import add_deeplab_config  # noqa: E402
+
+from mask2former import add_maskformer2_config  # noqa: E402
+from mask2former.utils.checkpoint import load_checkpoint  # noqa: E402
+
+
+def parse_size(text):
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        return int(parts[0]), int(parts[0])
+    if len(parts) == 2:
+        return int(parts[0]), int(parts[1])
+    raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="model config (YAML)")
+    parser.add_argument("--size", type=parse_size, default=(512, 512), help="input size N or HxW (default 512)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    parser.add_argument("--iters", type=int, default=10, help="timed runs (the median is reported)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--weights", default="", help="checkpoint to load (default: random initialisation)")
+    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_deeplab_config(cfg)  # MODEL.RESNETS.STEM_TYPE / RES5_MULTI_GRID, as train_net.py
+    add_maskformer2_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.DEVICE = args.device
+    cfg.MODEL.WEIGHTS = args.weights
+    cfg.freeze()
+    return cfg
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def current_rss_mib():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    if args.iters < 1 or args.warmup < 0:
+        raise SystemExit("--iters must be >= 1 and --warmup >= 0")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but no CUDA device is available")
+    cfg = setup_cfg(args)
+
+    model = build_model(cfg).eval()
+    if args.weights:
+        print(load_checkpoint(model, args.weights))
+    height, width = args.size
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)
+    inputs = [{"image": image, "height": height, "width": width}]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    head_done = {}
+
+    def mark_head_done(module, inp, out):
+        sync()
+        head_done["t"] = time.perf_counter()
+
+    model.sem_seg_head.register_forward_hook(mark_head_done)
+
+    print(
+        f"config {args.config_file} | {height}x{width} | device {args.device} | threads {torch.get_num_threads()} | "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters | "
+        f"weights {args.weights or 'random'}",
+        flush=True,
+    )
+    rss_before = current_rss_mib()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    totals, heads = [], []
+    with torch.inference_mode():
+        for i in range(args.warmup + args.iters):
+            sync()
+            start = time.perf_counter()
+            outputs = model(inputs)
+            sync()
+            end = time.perf_counter()
+            timed = i >= args.warmup
+            if timed:
+                totals.append(end - start)
+                heads.append(head_done["t"] - start)
+            label = f"iter {i - args.warmup + 1}/{args.iters}" if timed else f"warm-up {i + 1}/{args.warmup}"
+            print(f"  {label}: {end - start:.3f} s (backbone+head {head_done['t'] - start:.3f} s)", flush=True)
+            del outputs
+
+    total = statistics.median(totals)
+    head = statistics.median(heads)
+    post = statistics.median(t - h for t, h in zip(totals, heads))
+    figures = {
+        "config": args.config_file,
+        "size": [height, width],
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "iters": args.iters,
+        "seconds_per_image": total,
+        "backbone_head_seconds": head,
+        "postprocess_seconds": post,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_before_inference_mib": rss_before,
+    }
+    if device.type == "cuda":
+        figures["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    print(f"seconds/image (median of {args.iters}): {total:.3f}  [backbone+head {head:.3f}, post-processing {post:.3f}]")
+    memory = f"peak RSS {figures['peak_rss_mib']:.0f} MiB (RSS before inference {rss_before:.0f} MiB)"
+    if "peak_cuda_allocated_mib" in figures:
+        memory += f", peak CUDA allocated {figures['peak_cuda_allocated_mib']:.0f} MiB"
+    print(memory)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
