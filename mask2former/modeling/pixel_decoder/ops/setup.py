@@ -27,7 +27,7 @@ def get_extensions():
         raise RuntimeError("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to its folder.")
 
     sources = _sources("vision.cpp") + _sources(os.path.join("cpu", "*.cpp"))
-    # -g0: no debug info, which roughly halves the compile time of the torch headers.
+    # -g0: no debug info (the torch headers make it large and slow to write).
     # -fopenmp: at::parallel_for is a header template that parallelises through OpenMP pragmas.
     extra_compile_args = {"cxx": ["-O3", "-g0", "-fopenmp"]}
     extension = CppExtension
