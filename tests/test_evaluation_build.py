@@ -121,3 +121,16 @@ def test_instance_ap_on_compiled_free_detectron2_uses_official_cocoeval(register
 def test_no_evaluator_is_not_implemented(register, tmp_path, evaluator_type, flags):
     with pytest.raises(NotImplementedError, match=evaluator_type):
         build_evaluator(_cfg(tmp_path, **flags), register(evaluator_type))
+
+
+@pytest.mark.parametrize("evaluator_type", ["cityscapes_sem_seg", "cityscapes_panoptic_seg"])
+def test_cityscapes_evaluators_refuse_several_machines(
+    register, tmp_path, monkeypatch, evaluator_type
+):
+    from mask2former.evaluation import build as build_module
+
+    # 2 machines x 2 processes: cityscapesscripts would not see the other machine's predictions.
+    monkeypatch.setattr(build_module.comm, "get_world_size", lambda: 4)
+    monkeypatch.setattr(build_module.comm, "get_local_size", lambda: 2)
+    with pytest.raises(RuntimeError, match="one machine"):
+        build_evaluator(_cfg(tmp_path, **ALL_ON), register(evaluator_type))
