@@ -146,3 +146,10 @@ def test_build_pixel_decoder_requires_forward_features():
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     with pytest.raises(ValueError, match="forward_features"):
         build_pixel_decoder(cfg, SHAPES)
+
+
+@pytest.mark.parametrize("name", ["BasePixelDecoder", "MSDeformAttnPixelDecoder", "TransformerEncoderPixelDecoder"])
+def test_in_features_missing_from_backbone_is_an_error(name):
+    shapes = {k: v for k, v in SHAPES.items() if k != "res2"}  # e.g. Swin with OUT_FEATURES res3-res5
+    with pytest.raises(ValueError, match="res2"):
+        build_pixel_decoder(_cfg(name), shapes)

@@ -8,7 +8,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..pixel_decoder.fpn import build_pixel_decoder
+from ..pixel_decoder.fpn import build_pixel_decoder, select_input_shapes
 from ..transformer_decoder.maskformer_transformer_decoder import build_transformer_decoder
 
 
@@ -100,7 +100,7 @@ class MaskFormerHead(nn.Module):
                 f"feature ({sorted(input_shape)})"
             )
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
+            "input_shape": select_input_shapes(cfg, input_shape),
             "ignore_value": head.IGNORE_VALUE,
             "num_classes": head.NUM_CLASSES,
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),

@@ -19,7 +19,25 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from ..transformer_decoder.transformer import TransformerEncoder, TransformerEncoderLayer
 
-__all__ = ["build_pixel_decoder", "BasePixelDecoder", "TransformerEncoderPixelDecoder"]
+__all__ = [
+    "build_pixel_decoder",
+    "select_input_shapes",
+    "BasePixelDecoder",
+    "TransformerEncoderPixelDecoder",
+]
+
+
+def select_input_shapes(cfg, input_shape: Dict[str, ShapeSpec]) -> Dict[str, ShapeSpec]:
+    """The shapes of MODEL.SEM_SEG_HEAD.IN_FEATURES; all of them must be backbone outputs (a
+    missing one would silently change the decoder's structure)."""
+    in_features = cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES
+    missing = [f for f in in_features if f not in input_shape]
+    if missing:
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.IN_FEATURES {list(in_features)} names {missing}, which the backbone "
+            f"does not output (it outputs {sorted(input_shape)})"
+        )
+    return {k: v for k, v in input_shape.items() if k in in_features}
 
 
 def build_pixel_decoder(cfg, input_shape):
@@ -110,7 +128,7 @@ class BasePixelDecoder(nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
+            "input_shape": select_input_shapes(cfg, input_shape),
             "conv_dim": head.CONVS_DIM,
             "mask_dim": head.MASK_DIM,
             "norm": head.NORM,

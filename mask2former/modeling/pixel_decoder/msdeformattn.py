@@ -13,6 +13,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
+from .fpn import select_input_shapes
 from .ops.modules import MSDeformAttn
 
 __all__ = ["MSDeformAttnTransformerEncoderOnly", "MSDeformAttnPixelDecoder"]
@@ -267,7 +268,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
+            "input_shape": select_input_shapes(cfg, input_shape),
             "conv_dim": head.CONVS_DIM,
             "mask_dim": head.MASK_DIM,
             "norm": head.NORM,
