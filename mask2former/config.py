@@ -86,6 +86,8 @@ def add_maskformer2_config(cfg):
     # Keys of optional components. Engineers owning them add one call per function here
     # (each function is defined in this file, below).
     add_custom_datasets_config(cfg)
+    add_dinat_config(cfg)
+    add_semask_config(cfg)
 
 
 def add_swin_config(cfg):
@@ -118,3 +120,44 @@ def add_custom_datasets_config(cfg):
     types: sem_seg, coco_instance, coco_panoptic. train_net.py registers them before training.
     """
     cfg.DATASETS.CUSTOM = []
+
+
+def add_dinat_config(cfg):
+    """Keys of the DiNAT backbone (`D2DiNAT`), as the DiNAT Mask2Former configs use them.
+
+    Defaults are those of the upstream DiNAT Mask2Former training script; the model configs set
+    the variant (DiNAT-L: kernel 11 and per-block DILATIONS).
+    """
+    cfg.MODEL.DINAT = CN()
+    cfg.MODEL.DINAT.EMBED_DIM = 192
+    cfg.MODEL.DINAT.DEPTHS = [3, 4, 18, 5]
+    cfg.MODEL.DINAT.NUM_HEADS = [6, 12, 24, 48]
+    cfg.MODEL.DINAT.KERNEL_SIZE = 7
+    # One list per stage, one dilation per block; None means dilation 1 everywhere.
+    cfg.MODEL.DINAT.DILATIONS = None
+    cfg.MODEL.DINAT.MLP_RATIO = 2.0
+    cfg.MODEL.DINAT.QKV_BIAS = True
+    cfg.MODEL.DINAT.QK_SCALE = None
+    cfg.MODEL.DINAT.DROP_RATE = 0.0
+    cfg.MODEL.DINAT.ATTN_DROP_RATE = 0.0
+    cfg.MODEL.DINAT.DROP_PATH_RATE = 0.3
+    cfg.MODEL.DINAT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Not upstream keys. LAYER_SCALE: initial value of per-channel residual scales (DiNAT-B's
+    # ImageNet models use 1e-5); None = none, as in DiNAT-L.
+    cfg.MODEL.DINAT.LAYER_SCALE = None
+    # Neighborhood attention kernel: "auto" (by size; natten with rpb on CUDA when installed),
+    # "gather", "tiled" or "natten" (see modeling/backbone/neighborhood_attention.py).
+    cfg.MODEL.DINAT.ATTENTION_IMPLEMENTATION = "auto"
+
+
+def add_semask_config(cfg):
+    """Keys of SeMask-Swin (`D2SeMaskSwinTransformer`, `SeMaskMaskFormer`, `BranchMaskFormerHead`)."""
+    # Weight of the semantic-prior loss (cross-entropy of the backbone's semantic maps).
+    cfg.MODEL.MASK_FORMER.CATE_WEIGHT = 0.4
+    # Window of the semantic attention, and number of semantic attention layers per stage.
+    cfg.MODEL.SWIN.SEM_WINDOW_SIZE = 7
+    cfg.MODEL.SWIN.NUM_SEM_BLOCKS = 1
+    # Not an upstream key. The last stage's semantic attention: "window" or "global" (over the
+    # whole map). "auto" follows the original code, which makes it global exactly when
+    # SEM_SEG_HEAD.NUM_CLASSES == 150; the published ADE20K SeMask models depend on that.
+    cfg.MODEL.SWIN.SEM_LAST_STAGE_ATTENTION = "auto"
