@@ -14,6 +14,7 @@ detectron2_compat.apply()
 from . import modeling  # noqa: E402,F401  (registers backbones/heads)
 from .config import add_maskformer2_config  # noqa: E402,F401
 from .maskformer_model import MaskFormer  # noqa: E402,F401  (registers the meta-architecture)
+from .semask_model import SeMaskMaskFormer  # noqa: E402,F401  (registers the meta-architecture)
 from .test_time_augmentation import SemanticSegmentorWithTTA  # noqa: E402,F401
 from . import data  # noqa: E402,F401  (registers the builtin datasets)
 from .data.dataset_mappers import (  # noqa: E402,F401  (dataset mappers, as upstream exports them)
