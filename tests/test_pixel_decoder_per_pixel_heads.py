@@ -37,10 +37,10 @@ def _cfg(head, pixel_decoder="BasePixelDecoder", in_feature="res5"):
     return cfg
 
 
-def _inputs(h=64, w=96):
+def _inputs(h=64, w=96, batch=2):
     g = torch.Generator().manual_seed(0)
-    features = {k: torch.randn(2, v.channels, h // v.stride, w // v.stride, generator=g) for k, v in SHAPES.items()}
-    targets = torch.randint(0, NUM_CLASSES, (2, h, w), generator=g)
+    features = {k: torch.randn(batch, v.channels, h // v.stride, w // v.stride, generator=g) for k, v in SHAPES.items()}
+    targets = torch.randint(0, NUM_CLASSES, (batch, h, w), generator=g)
     targets[:, :8] = IGNORE
     return features, targets
 
@@ -77,11 +77,11 @@ def test_per_pixel_baseline_head():
 def test_per_pixel_baseline_plus_head(pixel_decoder, in_feature):
     torch.manual_seed(0)
     head = build_sem_seg_head(_cfg("PerPixelBaselinePlusHead", pixel_decoder, in_feature), SHAPES)
-    features, targets = _inputs()
+    features, targets = _inputs(h=32, w=64, batch=1)
     head.eval()
     with torch.no_grad():
         logits, _ = head(features)
-    assert logits.shape == (2, NUM_CLASSES, 64, 96)
+    assert logits.shape == (1, NUM_CLASSES, 32, 64)
     head.train()
     _, losses = head(features, targets)
     # Final prediction plus DEC_LAYERS - 1 intermediate ones.
