@@ -587,3 +587,68 @@ def test_module_bad_inputs(what, kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         module(**args)
+
+
+def test_module_softmax_matches_torch_softmax():
+    from mask2former.modeling.pixel_decoder.ops.modules.ms_deform_attn import _softmax_last_dim
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 4, 12, generator=g, dtype=torch.float64) * 30
+    x[0, 0, 0] += 1e4  # large logits must not overflow
+    x.requires_grad_()
+    grad = torch.randn(3, 7, 4, 12, generator=g, dtype=torch.float64)
+    ours = _softmax_last_dim(x)
+    reference = torch.softmax(x, -1)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(reference, x, grad)[0], rtol=1e-10, atol=1e-12
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA kernel (needs a GPU and an extension built with CUDA)
+
+requires_cuda_kernel = pytest.mark.skipif(
+    not (torch.cuda.is_available() and backend.has_cuda_kernel()),
+    reason="needs a CUDA GPU and the extension built with CUDA (sh make.sh on a CUDA machine)",
+)
+
+
+@pytest.mark.gpu
+@requires_cuda_kernel
+@pytest.mark.parametrize("channels", [32, 3, 64])  # shuffle reduction; atomic fallback (not a power of 2; > warp)
+def test_cuda_kernel_matches_pytorch_fp64(channels):
+    value, shapes, starts, locations, weights = make_inputs(
+        [(12, 17), (6, 9), (3, 5)], batch=3, heads=4, channels=channels, queries=50, points=4
+    )
+    cuda = [t.cuda() for t in (value, shapes, starts, locations, weights)]
+    grad_output = torch.randn(3, 50, 4 * channels, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for compute, tensors in (
+        (lambda v, loc, w: run_kernel(v, cuda[1], cuda[2], loc, w, 2), cuda),
+        (lambda v, loc, w: ms_deform_attn_core_pytorch(v, shapes, loc, w), (value, shapes, starts, locations, weights)),
+    ):
+        inputs = [tensors[i].clone().requires_grad_() for i in (0, 3, 4)]
+        out = compute(*inputs)
+        grads = torch.autograd.grad(out, inputs, grad_output.to(out.device))
+        results.append([t.detach().cpu() for t in (out, *grads)])
+    for kernel_result, reference in zip(*results):
+        torch.testing.assert_close(kernel_result, reference, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.gpu
+@requires_cuda_kernel
+def test_cuda_kernel_gradcheck_and_fp32():
+    value, shapes, starts, locations, weights = make_inputs([(3, 4), (2, 5)], batch=3, heads=2, channels=4, queries=3)
+    shapes, starts = shapes.cuda(), starts.cuda()
+    inputs = tuple(t.cuda().requires_grad_() for t in (value, locations, weights))
+    assert torch.autograd.gradcheck(
+        lambda v, loc, w: MSDeformAttnFunction.apply(v, shapes, starts, loc, w, 2), inputs, eps=1e-6, atol=1e-5, rtol=1e-4
+    )
+    expected = ms_deform_attn_core_pytorch(value, shapes.cpu(), locations, weights)
+    v32, loc32, w32 = (t.detach().float() for t in inputs)
+    out32 = run_kernel(v32, shapes, starts, loc32, w32)
+    torch.testing.assert_close(out32.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cuda", dtype=torch.float16):
+        out_amp = ms_deform_attn(v32.half(), shapes, starts, loc32, w32)
+    assert out_amp.dtype == torch.float32
