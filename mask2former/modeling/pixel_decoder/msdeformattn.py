@@ -1,5 +1,6 @@
 """Mask2Former's pixel decoder: a multi-scale deformable-attention encoder over the coarser backbone
 levels (res3-res5 by default) followed by FPN-style lateral/output convs down to the common stride."""
+import copy
 from typing import Dict, List
 
 import fvcore.nn.weight_init as weight_init
@@ -60,9 +61,9 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
 
 
 class MSDeformAttnTransformerEncoder(nn.Module):
-    def __init__(self, encoder_layer_factory, num_layers):
+    def __init__(self, encoder_layer, num_layers):
         super().__init__()
-        self.layers = nn.ModuleList([encoder_layer_factory() for _ in range(num_layers)])
+        self.layers = nn.ModuleList([copy.deepcopy(encoder_layer) for _ in range(num_layers)])
         self.num_layers = num_layers
 
     @staticmethod
@@ -110,12 +111,10 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         self.d_model = d_model
         self.nhead = nhead
 
-        def make_layer():
-            return MSDeformAttnTransformerEncoderLayer(
-                d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead, enc_n_points
-            )
-
-        self.encoder = MSDeformAttnTransformerEncoder(make_layer, num_encoder_layers)
+        encoder_layer = MSDeformAttnTransformerEncoderLayer(
+            d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead, enc_n_points
+        )
+        self.encoder = MSDeformAttnTransformerEncoder(encoder_layer, num_encoder_layers)
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         self._reset_parameters()
 
