@@ -334,28 +334,42 @@ class MaskFormer(nn.Module):
             mask_prob = mask_pred.sigmoid()
         scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
         keep = labels.ne(self.sem_seg_head.num_classes) & (scores > self.object_mask_threshold)
-        cur_scores = scores[keep]
-        cur_classes = labels[keep]
-        cur_masks = mask_prob[keep]
+        kept_queries = keep.nonzero()[:, 0].tolist()
         h, w = mask_prob.shape[-2:]
         panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=mask_prob.device)
         segments_info = []
-        num_kept = cur_masks.shape[0]
-        if num_kept == 0:
+        if not kept_queries:
             return panoptic_seg, segments_info
 
-        cur_mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
-        # The winning query's own mask probability at every pixel.
-        winner_in_mask = cur_masks.gather(0, cur_mask_ids[None])[0] >= 0.5
-        mask_area = torch.bincount(cur_mask_ids.flatten(), minlength=num_kept).tolist()
-        visible_area = torch.bincount(cur_mask_ids[winner_in_mask], minlength=num_kept).tolist()
-        original_area = (cur_masks >= 0.5).flatten(1).sum(1).tolist()
+        # Per pixel: the first kept query maximising score * mask probability (= argmax over the
+        # kept queries, which returns the first maximum), and that query's own mask probability.
+        # A running maximum over queries is much faster on CPU than argmax along dim 0.
+        cur_scores = scores[keep].tolist()
+        first = kept_queries[0]
+        best_value = cur_scores[0] * mask_prob[first]
+        owner = torch.zeros((h, w), dtype=torch.int64, device=mask_prob.device)
+        owner_prob = mask_prob[first].clone()
+        original_area = [int((mask_prob[first] >= 0.5).sum())]
+        for k, query in enumerate(kept_queries[1:], start=1):
+            value = cur_scores[k] * mask_prob[query]
+            better = value > best_value
+            best_value = torch.where(better, value, best_value)
+            owner.masked_fill_(better, k)
+            owner_prob = torch.where(better, mask_prob[query], owner_prob)
+            original_area.append(int((mask_prob[query] >= 0.5).sum()))
+        owner_in_mask = owner_prob >= 0.5
+        num_kept = len(kept_queries)
+        flat_owner = owner.flatten()
+        mask_area = torch.zeros(num_kept, dtype=torch.int64).index_add_(0, flat_owner, torch.ones_like(flat_owner)).tolist()
+        visible_area = (
+            torch.zeros(num_kept, dtype=torch.int64).index_add_(0, flat_owner, owner_in_mask.flatten().long()).tolist()
+        )
 
         thing_ids = set(self._thing_ids().tolist())
         segment_of_query = [0] * num_kept
         stuff_segment = {}
         current_segment_id = 0
-        for k, pred_class in enumerate(cur_classes.tolist()):
+        for k, pred_class in enumerate(labels[keep].tolist()):
             if not (mask_area[k] > 0 and original_area[k] > 0 and visible_area[k] > 0):
                 continue
             if mask_area[k] / original_area[k] < self.overlap_threshold:
@@ -371,7 +385,7 @@ class MaskFormer(nn.Module):
             segments_info.append({"id": current_segment_id, "isthing": bool(isthing), "category_id": int(pred_class)})
 
         lookup = torch.as_tensor(segment_of_query, dtype=torch.int32, device=panoptic_seg.device)
-        panoptic_seg = torch.where(winner_in_mask, lookup[cur_mask_ids], panoptic_seg)
+        panoptic_seg = torch.where(owner_in_mask, lookup[owner], panoptic_seg)
         return panoptic_seg, segments_info
 
     def instance_inference(self, mask_cls, mask_pred, mask_prob: Optional[torch.Tensor] = None):
@@ -395,15 +409,23 @@ class MaskFormer(nn.Module):
             labels_per_image = labels_per_image[keep]
             query_indices = query_indices[keep]
 
-        mask_logits = mask_pred[query_indices]
-        mask_probs = mask_prob[query_indices] if mask_prob is not None else mask_logits.sigmoid()
-        binary = (mask_logits > 0).float()
+        # Mask statistics once per distinct query, not per (query, class) pair: a query often
+        # appears with several classes, and every pass over full-size masks is costly.
+        unique_queries, position = torch.unique(query_indices, return_inverse=True)
+        if len(unique_queries) == len(query_indices):
+            unique_queries, position = query_indices, None
+        in_mask = mask_pred[unique_queries] > 0
+        unique_prob = mask_prob[unique_queries] if mask_prob is not None else mask_pred[unique_queries].sigmoid()
+        binary = in_mask.to(unique_prob.dtype)
         flat_binary = binary.flatten(1)
-        mask_scores = (mask_probs.flatten(1) * flat_binary).sum(1) / (flat_binary.sum(1) + 1e-6)
+        mask_scores = (unique_prob.flatten(1) * flat_binary).sum(1) / (flat_binary.sum(1) + 1e-6)
+        boxes = masks_to_boxes(in_mask)
+        if position is not None:
+            binary, mask_scores, boxes = binary[position], mask_scores[position], boxes[position]
 
         result = Instances(image_size)
         result.pred_masks = binary
-        result.pred_boxes = Boxes(masks_to_boxes(binary))
+        result.pred_boxes = Boxes(boxes)
         result.scores = scores_per_image * mask_scores
         result.pred_classes = labels_per_image
         return result

@@ -306,3 +306,84 @@ def test_pixel_stats_are_non_persistent_and_semantic_off_needs_postprocess_first
     assert "pixel_mean" not in model.state_dict() and "criterion.empty_weight" in model.state_dict()
     with pytest.raises(ValueError, match="SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE"):
         make_model(semantic_on=False, panoptic_on=False, instance_on=False, before_inference=False)
+
+
+def reference_formulas(model, mask_cls, mask_pred):
+    """The reference implementation's post-processing written out step by step, unoptimised
+    (per-query loops, argmax over queries, per-pair mask gathers), as described in
+    tests/data/golden/README.md."""
+    num_classes = model.sem_seg_head.num_classes
+    things = set(model.metadata.thing_dataset_id_to_contiguous_id.values())
+    scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
+    prob = mask_pred.sigmoid()
+    keep = labels.ne(num_classes) & (scores > model.object_mask_threshold)
+    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], prob[keep]
+    seg = torch.zeros(mask_pred.shape[-2:], dtype=torch.int32)
+    info, stuff, next_id = [], {}, 0
+    if len(cur_masks):
+        ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+        for k in range(len(cur_classes)):
+            cls = cur_classes[k].item()
+            area, full = (ids == k).sum().item(), (cur_masks[k] >= 0.5).sum().item()
+            region = (ids == k) & (cur_masks[k] >= 0.5)
+            if area > 0 and full > 0 and region.sum().item() > 0:
+                if area / full < model.overlap_threshold:
+                    continue
+                if cls not in things and cls in stuff:
+                    seg[region] = stuff[cls]
+                    continue
+                if cls not in things:
+                    stuff[cls] = next_id + 1
+                next_id += 1
+                seg[region] = next_id
+                info.append({"id": next_id, "isthing": cls in things, "category_id": cls})
+
+    class_scores = F.softmax(mask_cls, dim=-1)[:, :-1]
+    pair_labels = torch.arange(num_classes).unsqueeze(0).repeat(mask_cls.shape[0], 1).flatten()
+    top_scores, top = class_scores.flatten().topk(model.test_topk_per_image, sorted=False)
+    top_labels, top_queries = pair_labels[top], top // num_classes
+    is_thing = torch.tensor([lab.item() in things for lab in top_labels], dtype=torch.bool)
+    if model.panoptic_on:
+        top_scores, top_labels, top_queries = top_scores[is_thing], top_labels[is_thing], top_queries[is_thing]
+    masks = mask_pred[top_queries]
+    binary = (masks > 0).float()
+    mask_scores = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    sem = torch.einsum("qc,qhw->chw", F.softmax(mask_cls, dim=-1)[:, :-1], prob)
+    return sem, (seg, info), (top_scores * mask_scores, top_labels, binary)
+
+
+@pytest.mark.parametrize("thresholds", [(0.0, 0.0), (0.8, 0.1)])
+def test_optimised_postprocessing_is_bitwise_identical_to_the_reference_formulas(thresholds):
+    """COCO-like sizes (100 queries, 133 classes): the vectorised panoptic merge and the per-query
+    instance statistics must not change a single bit."""
+
+    class Head(nn.Module):
+        num_classes = 133
+
+    class CocoLike:
+        name = "coco-like"
+        thing_dataset_id_to_contiguous_id = {i + 1: i for i in range(80)}
+
+    model = MaskFormer(
+        backbone=nn.Identity(), sem_seg_head=Head(), criterion=None, num_queries=100,
+        object_mask_threshold=thresholds[0], overlap_threshold=thresholds[1], metadata=CocoLike(),
+        size_divisibility=32, sem_seg_postprocess_before_inference=True, pixel_mean=[0, 0, 0],
+        pixel_std=[1, 1, 1], semantic_on=True, panoptic_on=True, instance_on=True, test_topk_per_image=100,
+    )
+    g = torch.Generator().manual_seed(0)
+    mask_cls = torch.randn(100, 134, generator=g) * 3
+    mask_cls[:20, :80] += torch.eye(20, 80) * 12  # confident things
+    mask_cls[30:40, 100:110] += torch.eye(10) * 12  # confident stuff
+    mask_cls[40:45, 100] += 12  # several queries of one stuff class
+    mask_cls[50:55, 3] += 12  # several queries of one thing class
+    mask_pred = F.interpolate(torch.randn(1, 100, 24, 30, generator=g) * 3, (96, 120), mode="bilinear")[0]
+
+    out = model.postprocess(mask_cls, mask_pred)
+    sem, (seg, info), (scores, labels, masks) = reference_formulas(model, mask_cls, mask_pred)
+    assert torch.equal(out["sem_seg"], sem)
+    assert torch.equal(out["panoptic_seg"][0], seg) and out["panoptic_seg"][1] == info
+    assert len(info) > 3
+    inst = out["instances"]
+    assert torch.equal(inst.scores, scores) and torch.equal(inst.pred_classes, labels)
+    assert torch.equal(inst.pred_masks, masks) and len(inst) > 20
+    assert torch.equal(inst.pred_boxes.tensor, naive_boxes(masks))
