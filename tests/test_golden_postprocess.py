@@ -151,3 +151,33 @@ def test_end_to_end_processed_outputs():
     instances = result["instances"]
     assert len(instances) == len(ref["instances"]["scores"]) == 0
     assert instances.image_size == (128, 160)
+
+
+@pytest.mark.slow
+def test_real_model_handles_small_grey_and_odd_sized_images_and_tta():
+    """Images smaller than SIZE_DIVISIBILITY (and Swin's window), grey images and odd sizes run
+    through the real model and come back at their own size; single-scale TTA equals plain."""
+    from detectron2.config import get_cfg
+
+    from mask2former.test_time_augmentation import SemanticSegmentorWithTTA
+
+    model = build_golden_model().eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for shape in [(3, 5, 7), (1, 40, 50), (3, 33, 65)]:
+            (out,) = model([{"image": torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)}])
+            assert out["sem_seg"].shape == (7,) + shape[1:]
+            assert out["panoptic_seg"][0].shape == shape[1:]
+            assert out["instances"].image_size == shape[1:]
+
+        image = torch.randint(0, 256, (3, 64, 96), generator=g, dtype=torch.uint8)
+        (plain,) = model([{"image": image, "height": 64, "width": 96}])
+    cfg = get_cfg()
+    cfg.TEST.AUG.MIN_SIZES = (64,)
+    cfg.TEST.AUG.MAX_SIZE = 1000
+    cfg.TEST.AUG.FLIP = False
+    (tta,) = SemanticSegmentorWithTTA(cfg, model)([{"image": image, "height": 64, "width": 96}])
+    torch.testing.assert_close(tta["sem_seg"], plain["sem_seg"], rtol=0, atol=0)
+    assert torch.equal(tta["panoptic_seg"][0], plain["panoptic_seg"][0])
+    assert tta["panoptic_seg"][1] == plain["panoptic_seg"][1]
+    assert torch.equal(tta["instances"].scores, plain["instances"].scores)
