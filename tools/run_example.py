@@ -1,0 +1,251 @@
+#!/usr/bin/env python
+"""
+The built-in example: train a small Mask2Former on the synthetic dataset on the CPU and show that
+it learns.
+
+    .venv/bin/python tools/run_example.py [--output-dir output/example] [--num-threads 2] [KEY VALUE ...]
+
+Steps (each logged with its progress):
+  1. generate the synthetic dataset (mask2former/data/synthetic.py) if it is not there yet;
+  2. train configs/synthetic/panoptic-segmentation/maskformer2_R18_bs8_cpu.yaml with train_net.py's
+     Trainer (Detectron2 prints iteration, losses, learning rate and ETA every 20 iterations and
+     writes TensorBoard events to the output directory);
+  3. evaluate on the validation split: PQ (panoptic), AP (instance) and mIoU (semantic);
+  4. write into the output directory: `predictions/*.png` (input | ground truth | panoptic |
+     instance | semantic predictions, drawn with Detectron2's Visualizer), `loss_curve.png`,
+     `results.json` and the model `model_final.pth`.
+
+The goal of the example is PQ >= 50 on the validation split after at most 15 minutes of training
+on a 2-core CPU; the summary says whether it was reached.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+import mask2former  # noqa: E402,F401  (applies the Detectron2 compatibility layer first)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
+from detectron2.engine.hooks import CallbackHook  # noqa: E402
+from detectron2.utils.visualizer import Visualizer  # noqa: E402
+
+from demo.predictor import draw_predictions, tile_horizontally  # noqa: E402
+from mask2former.data.synthetic import ensure_generated, synthetic_root  # noqa: E402
+from train_net import Trainer, setup  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(
+    REPO_ROOT, "configs", "synthetic", "panoptic-segmentation", "maskformer2_R18_bs8_cpu.yaml"
+)
+PQ_GOAL = 50.0
+TRAINING_MINUTES_GOAL = 15.0
+
+logger = logging.getLogger("mask2former.run_example")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="training config")
+    parser.add_argument("--output-dir", default="output/example", help="where everything is written")
+    parser.add_argument("--num-threads", type=int, default=2, help="CPU threads for PyTorch")
+    parser.add_argument("--num-vis", type=int, default=8, help="validation images to visualise")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def generate_dataset():
+    root = synthetic_root()
+    start = time.perf_counter()
+    logger.info("Step 1/4: synthetic dataset in %s (generated if missing) ...", root)
+    ensure_generated(root)
+    logger.info("Synthetic dataset ready (%.1f s).", time.perf_counter() - start)
+
+
+def train(args):
+    train_args = default_argument_parser().parse_args(
+        ["--config-file", args.config_file, "OUTPUT_DIR", args.output_dir, *args.opts]
+    )
+    cfg = setup(train_args)
+    logger.info(
+        "Step 2/4: training %s for %d iterations (batch %d) on %d CPU thread(s) ...",
+        os.path.relpath(args.config_file, REPO_ROOT),
+        cfg.SOLVER.MAX_ITER,
+        cfg.SOLVER.IMS_PER_BATCH,
+        torch.get_num_threads(),
+    )
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    # The final evaluation runs inside train() (Detectron2's EvalHook, after the last iteration):
+    # note when the last iteration ends to tell training time from evaluation time.
+    last_step_end = {}
+
+    def note_last_step(trainer_):
+        if trainer_.iter == trainer_.max_iter - 1:
+            last_step_end["time"] = time.perf_counter()
+
+    trainer.register_hooks([CallbackHook(after_step=note_last_step)])
+    start = time.perf_counter()
+    results = trainer.train()
+    end = time.perf_counter()
+    train_end = last_step_end.get("time", end)
+    return cfg, trainer.model, results or {}, train_end - start, end - train_end
+
+
+def summarize(results):
+    """The headline metrics from Detectron2's nested results dict."""
+    summary = {}
+    for task, metrics in results.items():
+        if task == "panoptic_seg":
+            summary.update({k: metrics[k] for k in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st") if k in metrics})
+        elif task == "segm":
+            summary.update({"AP": metrics.get("AP"), "AP50": metrics.get("AP50")})
+        elif task == "sem_seg":
+            summary.update({"mIoU": metrics.get("mIoU"), "pACC": metrics.get("pACC")})
+    return summary
+
+
+@torch.no_grad()
+def write_visualizations(cfg, model, output_dir, num_images):
+    """input | ground truth | every prediction of the model, for the first validation images."""
+    dataset_name = cfg.DATASETS.TEST[0]
+    metadata = MetadataCatalog.get(dataset_name)
+    records = DatasetCatalog.get(dataset_name)[:num_images]
+    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    out_dir = os.path.join(output_dir, "predictions")
+    os.makedirs(out_dir, exist_ok=True)
+    model.eval()
+    paths = []
+    for record in records:
+        image = read_image(record["file_name"], format="RGB")
+        height, width = image.shape[:2]
+        resized = resize.get_transform(image).apply_image(image)
+        model_input = image_for_model(resized, cfg.INPUT.FORMAT)
+        predictions = model([{"image": model_input, "height": height, "width": width}])[0]
+        panels = draw_predictions(image, predictions, metadata)
+        ground_truth = Visualizer(image, metadata).draw_dataset_dict(_ground_truth_record(record))
+        drawing = tile_horizontally([image, ground_truth.get_image(), *panels.values()])
+        path = os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
+        cv2.imwrite(path, drawing[:, :, ::-1])
+        paths.append(path)
+    model.train()
+    return paths
+
+
+def image_for_model(image_rgb, input_format):
+    image = image_rgb if input_format == "RGB" else image_rgb[:, :, ::-1]
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def _ground_truth_record(record):
+    # Visualizer.draw_dataset_dict draws every annotation a record has, on top of each other; keep
+    # the most complete one: panoptic, else semantic, else instances.
+    for key in ("pan_seg_file_name", "sem_seg_file_name", "annotations"):
+        if key in record:
+            kept = {key: record[key]}
+            if key == "pan_seg_file_name":
+                kept["segments_info"] = record["segments_info"]
+            return kept
+    return {}
+
+
+def write_loss_curve(output_dir):
+    """Plot the losses and learning rate Detectron2's JSONWriter logged in metrics.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        for line in f:
+            row = json.loads(line)
+            if "total_loss" in row:
+                rows.append(row)
+    if not rows:
+        raise RuntimeError(f"No losses in {output_dir}/metrics.json: did training run?")
+    iterations = [row["iteration"] for row in rows]
+    fig, (ax_total, ax_terms) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax_total.plot(iterations, [row["total_loss"] for row in rows], label="total loss (all layers)")
+    ax_total.set_yscale("log")
+    ax_total.set_xlabel("iteration")
+    ax_total.set_title("Training loss")
+    ax_lr = ax_total.twinx()
+    ax_lr.plot(iterations, [row.get("lr", float("nan")) for row in rows], color="gray", linestyle="--")
+    ax_lr.set_ylabel("learning rate (dashed)")
+    ax_total.legend(loc="upper right")
+    for term in ("loss_ce", "loss_mask", "loss_dice"):
+        if term in rows[0]:
+            ax_terms.plot(iterations, [row[term] for row in rows], label=f"{term} (final layer)")
+    ax_terms.set_yscale("log")
+    ax_terms.set_xlabel("iteration")
+    ax_terms.set_title("Loss terms of the last decoder layer")
+    ax_terms.legend(loc="upper right")
+    fig.tight_layout()
+    path = os.path.join(output_dir, "loss_curve.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.num_threads)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    generate_dataset()
+    cfg, model, results, train_seconds, eval_seconds = train(args)
+    logger.info("Step 3/4: evaluation on %s done (%.0f s).", cfg.DATASETS.TEST[0], eval_seconds)
+    logger.info("Step 4/4: writing visualisations and the loss curve ...")
+    vis_paths = write_visualizations(cfg, model, args.output_dir, args.num_vis)
+    curve_path = write_loss_curve(args.output_dir)
+
+    summary = summarize(results)
+    report = {
+        "config": os.path.relpath(args.config_file, REPO_ROOT),
+        "iterations": cfg.SOLVER.MAX_ITER,
+        "batch_size": cfg.SOLVER.IMS_PER_BATCH,
+        "cpu_threads": args.num_threads,
+        "training_minutes": round(train_seconds / 60.0, 2),
+        "evaluation_minutes": round(eval_seconds / 60.0, 2),
+        "metrics": summary,
+        "all_results": results,
+    }
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1, default=float)
+
+    pq = summary.get("PQ")
+    print("\n================ Mask2Former synthetic example ================")
+    print(f"training: {cfg.SOLVER.MAX_ITER} iterations in {train_seconds / 60:.1f} min "
+          f"({args.num_threads} CPU threads); evaluation: {eval_seconds / 60:.1f} min")
+    for name, value in summary.items():
+        if value is not None:
+            print(f"  {name:>6}: {value:6.2f}")
+    if pq is not None:
+        reached = pq >= PQ_GOAL and train_seconds <= TRAINING_MINUTES_GOAL * 60
+        print(
+            f"goal PQ >= {PQ_GOAL:.0f} within {TRAINING_MINUTES_GOAL:.0f} min of training: "
+            + ("REACHED" if reached else "NOT reached")
+        )
+    print(f"visualisations: {os.path.dirname(vis_paths[0]) if vis_paths else '(none)'}")
+    print(f"loss curve:     {curve_path}")
+    print(f"metrics:        {os.path.join(args.output_dir, 'results.json')}")
+    print(f"TensorBoard:    tensorboard --logdir {args.output_dir}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
