@@ -236,7 +236,7 @@ class MaskFormer(nn.Module):
             gt_masks = targets_per_image.gt_masks
             if isinstance(gt_masks, BitMasks):
                 gt_masks = gt_masks.tensor
-            padded_masks = torch.zeros((gt_masks.shape[0], h_pad, w_pad), dtype=gt_masks.dtype, device=gt_masks.device)
+            padded_masks = gt_masks.new_zeros((gt_masks.shape[0], h_pad, w_pad))
             padded_masks[:, : gt_masks.shape[1], : gt_masks.shape[2]] = gt_masks
             new_targets.append({"labels": targets_per_image.gt_classes, "masks": padded_masks})
         return new_targets
@@ -360,10 +360,9 @@ class MaskFormer(nn.Module):
         owner_in_mask = owner_prob >= 0.5
         num_kept = len(kept_queries)
         flat_owner = owner.flatten()
-        mask_area = torch.zeros(num_kept, dtype=torch.int64).index_add_(0, flat_owner, torch.ones_like(flat_owner)).tolist()
-        visible_area = (
-            torch.zeros(num_kept, dtype=torch.int64).index_add_(0, flat_owner, owner_in_mask.flatten().long()).tolist()
-        )
+        counts = torch.zeros(num_kept, dtype=torch.int64)
+        mask_area = counts.index_add(0, flat_owner, torch.ones_like(flat_owner)).tolist()
+        visible_area = counts.index_add(0, flat_owner, owner_in_mask.flatten().long()).tolist()
 
         thing_ids = set(self._thing_ids().tolist())
         segment_of_query = [0] * num_kept
@@ -382,7 +381,9 @@ class MaskFormer(nn.Module):
             if not isthing:
                 stuff_segment[pred_class] = current_segment_id
             segment_of_query[k] = current_segment_id
-            segments_info.append({"id": current_segment_id, "isthing": bool(isthing), "category_id": int(pred_class)})
+            segments_info.append(
+                {"id": current_segment_id, "isthing": bool(isthing), "category_id": int(pred_class)}
+            )
 
         lookup = torch.as_tensor(segment_of_query, dtype=torch.int32, device=panoptic_seg.device)
         panoptic_seg = torch.where(owner_in_mask, lookup[owner], panoptic_seg)
@@ -415,7 +416,10 @@ class MaskFormer(nn.Module):
         if len(unique_queries) == len(query_indices):
             unique_queries, position = query_indices, None
         in_mask = mask_pred[unique_queries] > 0
-        unique_prob = mask_prob[unique_queries] if mask_prob is not None else mask_pred[unique_queries].sigmoid()
+        if mask_prob is None:
+            unique_prob = mask_pred[unique_queries].sigmoid()
+        else:
+            unique_prob = mask_prob[unique_queries]
         binary = in_mask.to(unique_prob.dtype)
         flat_binary = binary.flatten(1)
         mask_scores = (unique_prob.flatten(1) * flat_binary).sum(1) / (flat_binary.sum(1) + 1e-6)

@@ -28,7 +28,7 @@ original frame (cropped, resized to the requested output size, flipped back).
 With a single augmentation (one min size, no flip) the outputs equal the model's own.
 """
 import copy
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -120,7 +120,7 @@ class SemanticSegmentorWithTTA(nn.Module):
             ret["height"], ret["width"] = ret["image"].shape[-2:]
         return ret
 
-    def _predict(self, augmented_inputs: List[Dict]) -> List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+    def _predict(self, augmented_inputs: List[Dict]) -> List[Tuple]:
         """Per copy: class logits (Q, K+1), mask logits (Q, height, width) in the copy's frame,
         and its ``sem_seg`` exactly as the model would output it (None if semantic is off)."""
         model = self.model
@@ -129,11 +129,14 @@ class SemanticSegmentorWithTTA(nn.Module):
             chunk = augmented_inputs[start : start + self.batch_size]
             with torch.no_grad():
                 images, mask_cls_results, mask_pred_results = model.predict_masks(chunk)
-            for mask_cls, mask_pred, x, image_size in zip(mask_cls_results, mask_pred_results, chunk, images.image_sizes):
+            for mask_cls, mask_pred, x, image_size in zip(
+                mask_cls_results, mask_pred_results, chunk, images.image_sizes
+            ):
                 height, width = x["height"], x["width"]
                 sem_seg = None
                 if model.semantic_on and not model.sem_seg_postprocess_before_inference:
-                    sem_seg = resize_to_output(model.semantic_inference(mask_cls, mask_pred), image_size, height, width)
+                    sem_seg = model.semantic_inference(mask_cls, mask_pred)
+                    sem_seg = resize_to_output(sem_seg, image_size, height, width)
                 mask_pred = resize_to_output(mask_pred, image_size, height, width)
                 mask_cls = mask_cls.to(mask_pred)
                 if model.semantic_on and sem_seg is None:
@@ -143,7 +146,11 @@ class SemanticSegmentorWithTTA(nn.Module):
 
     def _reference_index(self, augmented_inputs: List[Dict], flips: List[bool]) -> int:
         candidates = [i for i, flipped in enumerate(flips) if not flipped] or list(range(len(flips)))
-        return min(candidates, key=lambda i: abs(min(augmented_inputs[i]["image"].shape[-2:]) - self.reference_min_size))
+
+        def distance_to_test_size(i):
+            return abs(min(augmented_inputs[i]["image"].shape[-2:]) - self.reference_min_size)
+
+        return min(candidates, key=distance_to_test_size)
 
     def _inference_one_image(self, input: Dict) -> Dict:
         augmented_inputs = self.tta_mapper(input)

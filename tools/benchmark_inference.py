@@ -150,7 +150,10 @@ def main(argv=None):
     }
     if device.type == "cuda":
         figures["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    print(f"seconds/image (median of {args.iters}): {total:.3f}  [backbone+head {head:.3f}, post-processing {post:.3f}]")
+    print(
+        f"seconds/image (median of {args.iters}): {total:.3f}  "
+        f"[backbone+head {head:.3f}, post-processing {post:.3f}]"
+    )
     memory = f"peak RSS {figures['peak_rss_mib']:.0f} MiB (RSS before inference {rss_before:.0f} MiB)"
     if "peak_cuda_allocated_mib" in figures:
         memory += f", peak CUDA allocated {figures['peak_cuda_allocated_mib']:.0f} MiB"

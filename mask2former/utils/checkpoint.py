@@ -186,7 +186,9 @@ class Mask2FormerCheckpointer(DetectionCheckpointer):
         Other arguments as :class:`DetectionCheckpointer`.
     """
 
-    def __init__(self, model, save_dir="", *, allowed_mismatch: Iterable[str] = (), save_to_disk=None, **checkpointables):
+    def __init__(
+        self, model, save_dir="", *, allowed_mismatch: Iterable[str] = (), save_to_disk=None, **checkpointables
+    ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allowed_mismatch = tuple(allowed_mismatch)
         self.last_report: Optional[CheckpointReport] = None
@@ -221,7 +223,7 @@ class Mask2FormerCheckpointer(DetectionCheckpointer):
         else:
             logger.info(str(report))
 
-        loadable = {k: v for k, v in state_dict.items() if k in model_state and tuple(v.shape) == tuple(model_state[k].shape)}
+        loadable = {k: state_dict[k] for k in report.loaded}
         incompatible = self.model.load_state_dict(loadable, strict=False)
         unreported = set(incompatible.missing_keys) - set(report.missing) - set(report.defaulted)
         unreported -= {k for k, _, _ in report.mis_shaped}
