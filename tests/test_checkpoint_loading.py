@@ -168,3 +168,60 @@ def test_golden_state_dict_loads_into_the_full_model(tmp_path):
     state = torch.load(os.path.join(GOLDEN, "state_dict.pth"), weights_only=True)
     report = load_checkpoint(model, save_pth(tmp_path, state))
     assert report.kind == "full" and len(report.loaded) == 212
+
+
+def to_caffe2_name(key):
+    """detectron2 ResNet name -> name in the MSRA/Caffe2 ImageNet .pkl files (e.g. R-50.pkl)."""
+    parts = key.split(".")
+    suffix = {"weight": "_w", "bias": "_b"}[parts[-1]]
+    if parts[0] == "stem":
+        return "conv1_w" if parts[-2] == "conv1" else "res_conv1_bn" + {"_w": "_s", "_b": "_b"}[suffix]
+    stage, block, layer = parts[0], parts[1], parts[2]
+    branch = "branch1" if layer == "shortcut" else "branch2" + "abc"[int(layer[-1]) - 1]
+    name = f"{stage}_{block}_{branch}"
+    if parts[3] == "norm":
+        return name + "_bn" + {"_w": "_s", "_b": "_b"}[suffix]
+    return name + suffix
+
+
+def test_caffe2_imagenet_resnet_pkl_initialises_the_backbone(tmp_path):
+    """The ImageNet R-50.pkl layout (Caffe2 blob names, scale/bias only, an fc1000 classifier)."""
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+    class ResNetModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+            self.sem_seg_head = Head()
+
+    torch.manual_seed(0)
+    source = ResNetModel()
+    blobs = {
+        to_caffe2_name(k[len("backbone."):]): v.numpy()
+        for k, v in source.state_dict().items()
+        if k.startswith("backbone.") and "running_" not in k
+    }
+    blobs["fc1000_w"] = torch.zeros(1000, 512).numpy()
+    blobs["fc1000_b"] = torch.zeros(1000).numpy()
+    path = str(tmp_path / "R-18.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": blobs}, f)
+
+    torch.manual_seed(1)
+    target = ResNetModel()
+    report = load_checkpoint(target, path)
+    assert report.kind == "backbone"
+    assert len(report.unexpected) == 2 and all("fc1000" in k for k in report.unexpected)
+    assert report.missing == [k for k in target.state_dict() if k.startswith("sem_seg_head.")]
+    assert len(report.defaulted) == 2 * sum(1 for k in report.loaded if k.endswith("norm.weight"))
+    state = target.state_dict()
+    for k, v in source.state_dict().items():
+        if k.startswith("backbone.") and "running_" not in k:
+            assert torch.equal(state[k], v), k
