@@ -160,3 +160,20 @@ def test_missing_targets_and_unknown_losses_are_clear_errors():
         make_criterion(FixedMatcher(None), losses=["labels", "boxes"])
     with pytest.raises(ValueError, match="needs targets"):
         make_criterion(FixedMatcher(None))({"pred_logits": torch.zeros(1, 2, 5), "pred_masks": torch.zeros(1, 2, 4, 4)}, None)
+
+
+def _num_masks_worker(out_dir):
+    rank = torch.distributed.get_rank()
+    criterion = make_criterion(FixedMatcher(None))
+    # Rank 0 holds 1 target mask, rank 1 holds 4: both must normalise by (1 + 4) / 2.
+    targets = [{"labels": torch.zeros(1 + 3 * rank, dtype=torch.int64)}]
+    with open(f"{out_dir}/rank{rank}.txt", "w") as f:
+        f.write(repr(criterion._num_masks(targets, "cpu")))
+
+
+@pytest.mark.slow
+def test_num_masks_is_averaged_over_real_gloo_workers(tmp_path):
+    from mask2former.utils.launch import launch
+
+    launch(_num_masks_worker, 2, dist_url="auto", args=(str(tmp_path),))
+    assert [float((tmp_path / f"rank{r}.txt").read_text()) for r in range(2)] == [2.5, 2.5]
