@@ -117,18 +117,19 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    totals, heads = [], []
+    totals, heads, cpu_times = [], [], []
     with torch.inference_mode():
         for i in range(args.warmup + args.iters):
             sync()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             outputs = model(inputs)
             sync()
-            end = time.perf_counter()
+            end, cpu_end = time.perf_counter(), time.process_time()
             timed = i >= args.warmup
             if timed:
                 totals.append(end - start)
                 heads.append(head_done["t"] - start)
+                cpu_times.append(cpu_end - cpu_start)
             label = f"iter {i - args.warmup + 1}/{args.iters}" if timed else f"warm-up {i + 1}/{args.warmup}"
             print(f"  {label}: {end - start:.3f} s (backbone+head {head_done['t'] - start:.3f} s)", flush=True)
             del outputs
@@ -145,6 +146,8 @@ def main(argv=None):
         "seconds_per_image": total,
         "backbone_head_seconds": head,
         "postprocess_seconds": post,
+        # CPU time of this process (all threads): less sensitive than wall time to other load.
+        "cpu_seconds_per_image": statistics.median(cpu_times),
         "peak_rss_mib": peak_rss_mib(),
         "rss_before_inference_mib": rss_before,
     }
@@ -152,7 +155,8 @@ def main(argv=None):
         figures["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     print(
         f"seconds/image (median of {args.iters}): {total:.3f}  "
-        f"[backbone+head {head:.3f}, post-processing {post:.3f}]"
+        f"[backbone+head {head:.3f}, post-processing {post:.3f}]; "
+        f"process CPU time {figures['cpu_seconds_per_image']:.3f} s/image"
     )
     memory = f"peak RSS {figures['peak_rss_mib']:.0f} MiB (RSS before inference {rss_before:.0f} MiB)"
     if "peak_cuda_allocated_mib" in figures:
