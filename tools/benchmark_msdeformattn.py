@@ -26,6 +26,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The profiler (used for CPU peak memory) otherwise prints a line per start and stop.
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
@@ -147,11 +149,12 @@ def run(args):
     header = "{:<7} {:>5} {:>5} {:<8} {:>10} {:>12} {:>9} {:>11}".format(
         "what", "size", "batch", "path", "fwd ms", "fwd+bwd ms", "fwd MiB", "f+b MiB"
     )
-    print(
-        "device {}, {} threads, torch {}, kernel extension: {}".format(
-            device, torch.get_num_threads(), torch.__version__, "yes" if backend.has_cpu_kernel() else "no"
-        )
-    )
+    kernels = backend.load_kernels()
+    if kernels is None:
+        extension = "not built ({})".format(backend.kernel_load_error())
+    else:
+        extension = "CPU kernel ({}){}".format(kernels.cpu_kernel_isa(), " + CUDA kernel" if kernels.with_cuda() else "")
+    print("device {}, {} threads, torch {}, extension: {}".format(device, torch.get_num_threads(), torch.__version__, extension))
     print(header)
     print("-" * len(header))
     for what in args.what:

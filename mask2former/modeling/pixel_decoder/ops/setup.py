@@ -28,8 +28,9 @@ def get_extensions():
 
     sources = _sources("vision.cpp") + _sources(os.path.join("cpu", "*.cpp"))
     # -g0: no debug info (the torch headers make it large and slow to write).
+    # -fno-wrapv: undoes Python's -fwrapv, under which GCC leaves the kernel's channel loops scalar.
     # -fopenmp: at::parallel_for is a header template that parallelises through OpenMP pragmas.
-    extra_compile_args = {"cxx": ["-O3", "-g0", "-fopenmp"]}
+    extra_compile_args = {"cxx": ["-O3", "-g0", "-fno-wrapv", "-fopenmp"]}
     extension = CppExtension
     define_macros = []
     if with_cuda:

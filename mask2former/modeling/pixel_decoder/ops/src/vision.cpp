@@ -22,4 +22,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, grad_output, "
       "im2col_step) -> [grad_value, grad_sampling_loc, grad_attn_weight]");
   m.def("with_cuda", &with_cuda, "True if the CUDA kernels were compiled in");
+  m.def("cpu_kernel_isa", &mask2former::cpu_kernel_isa, "Instruction set the CPU kernel uses on this machine");
 }

@@ -2,9 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
 #include <vector>
 
 namespace mask2former {
+
+// Instruction set the CPU kernel runs with on this machine: "avx2+fma" or "baseline".
+std::string cpu_kernel_isa();
 
 // Inputs are checked and contiguous (see ../ms_deform_attn.h); float32 or float64.
 at::Tensor ms_deform_attn_cpu_forward(
