@@ -20,11 +20,19 @@ import weakref
 from collections import OrderedDict
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    default_argument_parser,
+    default_setup,
+)
 from detectron2.evaluation import verify_results
 from detectron2.projects.deeplab import add_deeplab_config, build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -59,16 +67,30 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with Mask2Former's data mappers, evaluators, optimizer and LR schedule."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        _stop_on_non_finite_losses(self._trainer)
-        # Load with a complete report of missing/unexpected/mis-shaped keys (never a silent
-        # partial load); it saves exactly like Detectron2's checkpointer, which it replaces.
-        self.checkpointer = Mask2FormerCheckpointer(
-            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        # DefaultTrainer.__init__, with two changes: the model is wrapped for distributed training
+        # in a way that also works on CPUs (Detectron2 always passes a GPU index), and checkpoints
+        # are loaded by Mask2FormerCheckpointer (a complete report of missing, unexpected and
+        # mis-shaped keys instead of a silent partial load).
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = _distributed_model(model)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
         )
-        for hook in self._hooks:
-            if isinstance(hook, hooks.PeriodicCheckpointer):
-                hook.checkpointer = self.checkpointer
+        _stop_on_non_finite_losses(self._trainer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = Mask2FormerCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     # Detectron2 v0.6's DefaultTrainer leaves the optimizer (and AMP grad-scaler) state out of its
     # checkpoints, so --resume restarted AdamW's moments and the learning rate of the first resumed
@@ -181,6 +203,14 @@ def _full_model_clipping_optimizer(optimizer_class, max_norm, norm_type):
 
     FullModelGradientClippingOptimizer.__name__ = optimizer_class.__name__ + "WithFullModelGradientClipping"
     return FullModelGradientClippingOptimizer
+
+
+def _distributed_model(model):
+    """`model` wrapped in DistributedDataParallel when several processes train together."""
+    if comm.get_world_size() == 1:
+        return model
+    device_ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def _stop_on_non_finite_losses(trainer):
