@@ -72,8 +72,14 @@ def test_full_checkpoint_round_trip_pth_and_model_zoo_pkl(tmp_path):
     "edit,expected",
     [
         (lambda sd: sd.pop("sem_seg_head.mask_embed.bias"), "missing: sem_seg_head.mask_embed.bias"),
-        (lambda sd: sd.update({"sem_seg_head.extra.weight": torch.zeros(2)}), "unexpected: sem_seg_head.extra.weight"),
-        (lambda sd: sd.update({"backbone.stem.weight": torch.zeros(4, 3, 5, 5)}), "mis-shaped: backbone.stem.weight"),
+        (
+            lambda sd: sd.update({"sem_seg_head.extra.weight": torch.zeros(2)}),
+            "unexpected: sem_seg_head.extra.weight",
+        ),
+        (
+            lambda sd: sd.update({"backbone.stem.weight": torch.zeros(4, 3, 5, 5)}),
+            "mis-shaped: backbone.stem.weight",
+        ),
     ],
 )
 def test_mismatching_full_checkpoint_is_refused_and_nothing_is_loaded(tmp_path, edit, expected):
@@ -104,7 +110,11 @@ def test_allowed_mismatch_reinitialises_only_the_named_entries(tmp_path):
     report = load_checkpoint(
         target, save_pth(tmp_path, source.state_dict()), allowed_mismatch=[r"class_embed\.", r"^empty_weight$"]
     )
-    assert sorted(report.allowed) == ["empty_weight", "sem_seg_head.class_embed.bias", "sem_seg_head.class_embed.weight"]
+    assert sorted(report.allowed) == [
+        "empty_weight",
+        "sem_seg_head.class_embed.bias",
+        "sem_seg_head.class_embed.weight",
+    ]
     for k, v in target.state_dict().items():
         expected = kept[k] if k in report.allowed else source.state_dict()[k]
         assert torch.equal(v, expected), k
@@ -130,7 +140,8 @@ def test_backbone_only_pkl_with_name_heuristics_reports_and_allows_the_head(tmp_
         report = load_checkpoint(target, path)
     assert report.kind == "backbone"
     assert report.unexpected == ["head.weight"]
-    assert sorted(report.missing) == sorted(["empty_weight"] + [k for k in head_before if k.startswith("sem_seg_head.")])
+    head_keys = [k for k in head_before if k.startswith("sem_seg_head.")]
+    assert sorted(report.missing) == sorted(["empty_weight"] + head_keys)
     assert sorted(report.defaulted) == ["backbone.norm.running_mean", "backbone.norm.running_var"]
     assert "model entries missing from the checkpoint" in caplog.text and "head.weight" in caplog.text
     state = target.state_dict()
@@ -146,7 +157,8 @@ def test_backbone_only_mis_shaped_entry_is_an_error(tmp_path):
     path = str(tmp_path / "bad_backbone.pkl")
     with open(path, "wb") as f:
         pickle.dump({"model": blobs, "__author__": "third_party", "matching_heuristics": True}, f)
-    with pytest.raises(CheckpointMismatchError, match=r"backbone.stem.weight: checkpoint \(4, 3, 7, 7\) vs model \(4, 3, 3, 3\)"):
+    expected = r"backbone.stem.weight: checkpoint \(4, 3, 7, 7\) vs model \(4, 3, 3, 3\)"
+    with pytest.raises(CheckpointMismatchError, match=expected):
         load_checkpoint(fresh(1), path)
 
 

@@ -11,9 +11,9 @@ from mask2former.modeling.matcher import HungarianMatcher
 
 
 def pixel_centre_points(n, h, w):
-    ys, xs = torch.meshgrid(
-        (torch.arange(h, dtype=torch.float64) + 0.5) / h, (torch.arange(w, dtype=torch.float64) + 0.5) / w, indexing="ij"
-    )
+    centres_y = (torch.arange(h, dtype=torch.float64) + 0.5) / h
+    centres_x = (torch.arange(w, dtype=torch.float64) + 0.5) / w
+    ys, xs = torch.meshgrid(centres_y, centres_x, indexing="ij")
     return torch.stack([xs.flatten(), ys.flatten()], dim=-1)[None].double().repeat(n, 1, 1)
 
 
@@ -95,7 +95,8 @@ def test_importance_sampling_picks_the_most_uncertain_candidates():
     assert points.shape == (2, 40, 2)
     assert torch.equal(points[:, 30:], random_tail)
     for n in range(2):
-        logits = F.grid_sample(src_masks[n : n + 1], 2 * candidates[n : n + 1, None] - 1, align_corners=False)[0, 0, 0]
+        grid = 2 * candidates[n : n + 1, None] - 1
+        logits = F.grid_sample(src_masks[n : n + 1], grid, align_corners=False)[0, 0, 0]
         order = sorted(range(120), key=lambda i: abs(logits[i].item()))
         expected = {tuple(candidates[n, i].tolist()) for i in order[:30]}
         assert {tuple(p) for p in points[n, :30].tolist()} == expected
@@ -106,7 +107,10 @@ def test_deep_supervision_names_and_matcher_per_prediction():
     g = torch.Generator().manual_seed(0)
 
     def prediction():
-        return {"pred_logits": torch.randn(1, 4, 3, generator=g), "pred_masks": torch.randn(1, 4, 6, 6, generator=g)}
+        return {
+            "pred_logits": torch.randn(1, 4, 3, generator=g),
+            "pred_masks": torch.randn(1, 4, 6, 6, generator=g),
+        }
 
     outputs = prediction()
     outputs["aux_outputs"] = [prediction(), prediction()]
@@ -127,7 +131,8 @@ def test_deep_supervision_names_and_matcher_per_prediction():
         "loss_ce_0", "loss_mask_0", "loss_dice_0",
         "loss_ce_1", "loss_mask_1", "loss_dice_1",
     ]
-    assert [c is o for c, o in zip(calls, [outputs["pred_logits"]] + [a["pred_logits"] for a in outputs["aux_outputs"]])] == [True] * 3
+    expected = [outputs["pred_logits"]] + [a["pred_logits"] for a in outputs["aux_outputs"]]
+    assert len(calls) == 3 and all(c is e for c, e in zip(calls, expected))
 
 
 def test_num_masks_is_averaged_over_workers_and_clamped(monkeypatch):
@@ -159,7 +164,8 @@ def test_missing_targets_and_unknown_losses_are_clear_errors():
     with pytest.raises(ValueError, match="unknown losses"):
         make_criterion(FixedMatcher(None), losses=["labels", "boxes"])
     with pytest.raises(ValueError, match="needs targets"):
-        make_criterion(FixedMatcher(None))({"pred_logits": torch.zeros(1, 2, 5), "pred_masks": torch.zeros(1, 2, 4, 4)}, None)
+        outputs = {"pred_logits": torch.zeros(1, 2, 5), "pred_masks": torch.zeros(1, 2, 4, 4)}
+        make_criterion(FixedMatcher(None))(outputs, None)
 
 
 def _num_masks_worker(out_dir):

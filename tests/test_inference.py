@@ -45,14 +45,16 @@ class ImageHead(nn.Module):
         pooled = F.avg_pool2d(x, 4)
         masks = torch.einsum("qc,nchw->nqhw", self.mask_weight, pooled)
         logits = torch.einsum("qkc,nc->nqk", self.class_weight, x.mean((2, 3)))
-        return {"pred_logits": logits, "pred_masks": masks, "aux_outputs": [{"pred_logits": logits * 0.5, "pred_masks": masks * 0.5}]}
+        aux = [{"pred_logits": logits * 0.5, "pred_masks": masks * 0.5}]
+        return {"pred_logits": logits, "pred_masks": masks, "aux_outputs": aux}
 
 
 def make_model(semantic_on=True, panoptic_on=True, instance_on=True, topk=6, object_mask_threshold=0.0,
                overlap_threshold=0.0, before_inference=True, num_channels=3):
     head = ImageHead(in_channels=num_channels)
     matcher = HungarianMatcher(cost_class=2, cost_mask=5, cost_dice=5, num_points=32)
-    weight_dict = {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0, "loss_ce_0": 2.0, "loss_mask_0": 5.0, "loss_dice_0": 5.0}
+    weight_dict = {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    weight_dict.update({k + "_0": v for k, v in weight_dict.items()})
     criterion = SetCriterion(4, matcher, weight_dict, 0.1, ["labels", "masks"], 32, 3.0, 0.75)
     return MaskFormer(
         backbone=RecordingBackbone(),
@@ -206,7 +208,8 @@ def test_forward_normalises_pads_and_resizes_to_requested_size():
         (out,) = model([{"image": image, "height": 80, "width": 100}])
     fed = model.backbone.last_input
     assert fed.shape == (1, 3, 64, 64)
-    expected = (image.float() - torch.tensor([100.0, 110, 120]).view(3, 1, 1)) / torch.tensor([50.0, 60, 70]).view(3, 1, 1)
+    mean, std = torch.tensor([100.0, 110, 120]).view(3, 1, 1), torch.tensor([50.0, 60, 70]).view(3, 1, 1)
+    expected = (image.float() - mean) / std
     assert torch.equal(fed[0, :, :40, :50], expected)
     assert not fed[0, :, 40:].any() and not fed[0, :, :, 50:].any()
     assert out["sem_seg"].shape == (4, 80, 100)
@@ -215,7 +218,8 @@ def test_forward_normalises_pads_and_resizes_to_requested_size():
 
     # The same numbers by hand: upsample to the padded size, crop, resize to the output size.
     outputs = model.sem_seg_head({"res2": fed})
-    masks = F.interpolate(outputs["pred_masks"], size=(64, 64), mode="bilinear", align_corners=False)[0, :, :40, :50]
+    masks = F.interpolate(outputs["pred_masks"], size=(64, 64), mode="bilinear", align_corners=False)
+    masks = masks[0, :, :40, :50]
     masks = F.interpolate(masks[None], size=(80, 100), mode="bilinear", align_corners=False)[0]
     sem = torch.einsum("qc,qhw->chw", torch.softmax(outputs["pred_logits"][0], -1)[:, :-1], masks.sigmoid())
     torch.testing.assert_close(out["sem_seg"], sem, rtol=1e-6, atol=1e-6)

@@ -15,9 +15,9 @@ def naive_bce(logit, target):
 
 def pixel_centre_points(h, w):
     """Point coordinates hitting every pixel centre exactly (point_sample then reads raw pixels)."""
-    ys, xs = torch.meshgrid(
-        (torch.arange(h, dtype=torch.float64) + 0.5) / h, (torch.arange(w, dtype=torch.float64) + 0.5) / w, indexing="ij"
-    )
+    centres_y = (torch.arange(h, dtype=torch.float64) + 0.5) / h
+    centres_x = (torch.arange(w, dtype=torch.float64) + 0.5) / w
+    ys, xs = torch.meshgrid(centres_y, centres_x, indexing="ij")
     return torch.stack([xs.flatten(), ys.flatten()], dim=-1)[None].double()
 
 
@@ -73,11 +73,18 @@ def test_assignment_is_the_brute_force_optimum(num_queries, num_targets, seed):
         "pred_logits": torch.randn(1, num_queries, 4, generator=g),
         "pred_masks": torch.randn(1, num_queries, h, w, generator=g) * 3,
     }
-    targets = [{"labels": torch.randint(0, 3, (num_targets,), generator=g), "masks": torch.rand(num_targets, h, w, generator=g) > 0.5}]
+    targets = [
+        {
+            "labels": torch.randint(0, 3, (num_targets,), generator=g),
+            "masks": torch.rand(num_targets, h, w, generator=g) > 0.5,
+        }
+    ]
     matcher = HungarianMatcher(cost_class=2, cost_mask=5, cost_dice=5, num_points=h * w)
     points = pixel_centre_points(h, w).float()
     matcher.sample_points = lambda device: points
-    cost = matcher.compute_costs(outputs["pred_logits"][0], outputs["pred_masks"][0], targets[0]["labels"], targets[0]["masks"])["cost_matrix"]
+    cost = matcher.compute_costs(
+        outputs["pred_logits"][0], outputs["pred_masks"][0], targets[0]["labels"], targets[0]["masks"]
+    )["cost_matrix"]
 
     (query_idx, target_idx), = matcher(outputs, targets)
     assert len(query_idx) == min(num_queries, num_targets)

@@ -153,7 +153,8 @@ def test_semantic_tta_is_the_average_of_the_augmented_outputs(before_inference):
 def test_multi_scale_panoptic_and_instances_have_the_original_size():
     model = make_model()
     image = asymmetric_image()
-    (merged,) = SemanticSegmentorWithTTA(tta_cfg([48, 96], flip=True), model)([{"image": image, "height": 32, "width": 48}])
+    tta = SemanticSegmentorWithTTA(tta_cfg([48, 96], flip=True), model)
+    (merged,) = tta([{"image": image, "height": 32, "width": 48}])
     assert merged["panoptic_seg"][0].shape == (32, 48)
     assert merged["instances"].image_size == (32, 48)
     assert merged["instances"].pred_boxes.tensor.shape[0] == len(merged["instances"])
