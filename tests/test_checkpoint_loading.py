@@ -237,3 +237,47 @@ def test_caffe2_imagenet_resnet_pkl_initialises_the_backbone(tmp_path):
     for k, v in source.state_dict().items():
         if k.startswith("backbone.") and "running_" not in k:
             assert torch.equal(state[k], v), k
+
+
+@pytest.mark.slow
+def test_published_coco_r50_checkpoint_layout_loads_key_for_key(tmp_path):
+    """A model-zoo style .pkl with exactly the entries of the official COCO panoptic R50 model
+    (tests/data/golden/keys) loads into the model built from our config with nothing to report."""
+    import numpy as np
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    from detectron2.projects.deeplab import add_deeplab_config
+
+    from mask2former import add_maskformer2_config
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    keys_file = os.path.join(GOLDEN, "..", "keys", "coco_panoptic_maskformer2_R50_bs16_50ep.txt")
+    rng = np.random.RandomState(0)
+    blobs = {}
+    with open(keys_file) as f:
+        for line in f:
+            if line.startswith("total_params"):
+                continue
+            name, shape, dtype = line.rstrip("\n").split("\t")
+            shape = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+            if dtype == "float32":
+                blobs[name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                blobs[name] = np.zeros(shape, dtype)
+    path = str(tmp_path / "model_final.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"model": blobs, "__author__": "model zoo"}, f)
+
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_maskformer2_config(cfg)
+    cfg.merge_from_file(
+        os.path.join(repo, "configs", "coco", "panoptic-segmentation", "maskformer2_R50_bs16_50ep.yaml")
+    )
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    report = load_checkpoint(model, path)
+    assert report.kind == "full" and len(report.loaded) == len(blobs) == 558
+    assert not (report.missing or report.unexpected or report.mis_shaped or report.defaulted)
+    state = model.state_dict()
+    assert all(np.array_equal(state[k].numpy(), v) for k, v in blobs.items())
