@@ -279,6 +279,21 @@ def _key_error_message(error):
     return f"{message} (not a Detectron2 or Mask2Former config key; check its spelling and nesting)"
 
 
+def use_cpu_without_cuda(cfg):
+    """
+    The upstream configs assume GPUs (Detectron2's default MODEL.DEVICE is "cuda", and its
+    AMPTrainer needs CUDA); without one, run them on the CPU in float32.
+    """
+    if torch.cuda.is_available():
+        return
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        logger.warning("CUDA is not available: MODEL.DEVICE %s -> cpu.", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED:
+        logger.warning("CUDA is not available: SOLVER.AMP.ENABLED is ignored.")
+        cfg.SOLVER.AMP.ENABLED = False
+
+
 def check_inputs(cfg, resume=False):
     """Clear errors for unregistered datasets and missing weight files, before expensive work."""
     registered = set(DatasetCatalog.list())
@@ -304,15 +319,7 @@ def check_inputs(cfg, resume=False):
 def setup(args):
     """Create the config from the command line, check it, and set up logging and the output dir."""
     cfg = load_config(args.config_file, args.opts)
-    if not torch.cuda.is_available():
-        # The upstream configs assume GPUs (Detectron2's default MODEL.DEVICE is "cuda", and its
-        # AMPTrainer needs CUDA); without one, run them on the CPU in float32.
-        if cfg.MODEL.DEVICE.startswith("cuda"):
-            logger.warning("CUDA is not available: MODEL.DEVICE %s -> cpu.", cfg.MODEL.DEVICE)
-            cfg.MODEL.DEVICE = "cpu"
-        if cfg.SOLVER.AMP.ENABLED:
-            logger.warning("CUDA is not available: SOLVER.AMP.ENABLED is ignored.")
-            cfg.SOLVER.AMP.ENABLED = False
+    use_cpu_without_cuda(cfg)
     register_custom_datasets(cfg)
     check_inputs(cfg, resume=args.resume)
     cfg.freeze()

@@ -27,7 +27,7 @@ from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from demo.predictor import VisualizationDemo, tile_horizontally  # noqa: E402
-from train_net import check_inputs, load_config  # noqa: E402
+from train_net import check_inputs, load_config, use_cpu_without_cuda  # noqa: E402
 
 
 def get_parser():
@@ -64,6 +64,7 @@ def main(argv=None):
     logger = setup_logger(name="mask2former")
     paths = expand_inputs(args.input)
     cfg = load_config(args.config_file, args.opts)
+    use_cpu_without_cuda(cfg)
     check_inputs(cfg)
     cfg.freeze()
     demo = VisualizationDemo(cfg, score_threshold=args.confidence_threshold)
