@@ -136,7 +136,8 @@ class SetCriterion(nn.Module):
         tgt_batch_idx, tgt_idx = self._tgt_permutation_idx(indices)
         src_masks = outputs["pred_masks"][src_batch_idx, src_idx][:, None]
         target_masks = nested_tensor_from_tensor_list([t["masks"] for t in targets]).tensors
-        target_masks = target_masks.to(src_masks)[tgt_batch_idx, tgt_idx][:, None]
+        # Select the matched masks before converting: only those are needed as floats.
+        target_masks = target_masks[tgt_batch_idx, tgt_idx].to(src_masks)[:, None]
         if src_masks.shape[0] == 0:
             # No target in the whole batch: zero losses that still reach the mask head's graph.
             zero = outputs["pred_masks"].sum() * 0.0
