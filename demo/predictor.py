@@ -9,28 +9,31 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 __all__ = ["draw_predictions", "tile_horizontally", "VisualizationDemo"]
 
 
-def draw_predictions(image_rgb, predictions, metadata, score_threshold=0.5, instance_mode=ColorMode.IMAGE):
+def draw_predictions(
+    image_rgb, predictions, metadata, score_threshold=0.5, instance_mode=ColorMode.IMAGE, scale=1.0
+):
     """
     Draw every kind of output in `predictions` (a model output dict for one image).
 
     Returns a dict with one RGB uint8 image per output present, under the keys "panoptic",
-    "instance" (instances scoring at least `score_threshold`) and "semantic".
+    "instance" (instances scoring at least `score_threshold`) and "semantic", each `scale` times
+    the size of the image.
     """
     panels = {}
     if "panoptic_seg" in predictions:
         panoptic_seg, segments_info = predictions["panoptic_seg"]
-        visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode)
+        visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode, scale=scale)
         panels["panoptic"] = visualizer.draw_panoptic_seg(
             panoptic_seg.to("cpu"), segments_info
         ).get_image()
     if "instances" in predictions:
         instances = predictions["instances"].to("cpu")
         instances = instances[instances.scores >= score_threshold]
-        visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode)
+        visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode, scale=scale)
         panels["instance"] = visualizer.draw_instance_predictions(instances).get_image()
     if "sem_seg" in predictions:
         labels = predictions["sem_seg"].argmax(dim=0).to("cpu")
-        visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode)
+        visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode, scale=scale)
         panels["semantic"] = visualizer.draw_sem_seg(labels).get_image()
     return panels
 

@@ -48,6 +48,8 @@ from train_net import Trainer, setup  # noqa: E402
 DEFAULT_CONFIG = os.path.join(
     REPO_ROOT, "configs", "synthetic", "panoptic-segmentation", "maskformer2_R18_bs8_cpu.yaml"
 )
+# The synthetic images are small (128x160): draw them twice as large so that labels stay readable.
+VIS_SCALE = 2
 PQ_GOAL = 50.0
 TRAINING_MINUTES_GOAL = 15.0
 
@@ -119,7 +121,7 @@ def summarize(results):
 
 @torch.no_grad()
 def write_visualizations(cfg, model, output_dir, num_images):
-    """input | ground truth | every prediction of the model, for the first validation images."""
+    """input | ground truth | panoptic | instance | semantic predictions, for the first validation images."""
     dataset_name = cfg.DATASETS.TEST[0]
     metadata = MetadataCatalog.get(dataset_name)
     records = DatasetCatalog.get(dataset_name)[:num_images]
@@ -134,9 +136,10 @@ def write_visualizations(cfg, model, output_dir, num_images):
         resized = resize.get_transform(image).apply_image(image)
         model_input = image_for_model(resized, cfg.INPUT.FORMAT)
         predictions = model([{"image": model_input, "height": height, "width": width}])[0]
-        panels = draw_predictions(image, predictions, metadata)
-        ground_truth = Visualizer(image, metadata).draw_dataset_dict(_ground_truth_record(record))
-        drawing = tile_horizontally([image, ground_truth.get_image(), *panels.values()])
+        panels = draw_predictions(image, predictions, metadata, scale=VIS_SCALE)
+        ground_truth = Visualizer(image, metadata, scale=VIS_SCALE).draw_dataset_dict(_ground_truth_record(record))
+        enlarged = cv2.resize(image, None, fx=VIS_SCALE, fy=VIS_SCALE, interpolation=cv2.INTER_NEAREST)
+        drawing = tile_horizontally([enlarged, ground_truth.get_image(), *panels.values()])
         path = os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
         cv2.imwrite(path, drawing[:, :, ::-1])
         paths.append(path)
