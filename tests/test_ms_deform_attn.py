@@ -27,6 +27,27 @@ requires_cpu_kernel = pytest.mark.skipif(
 )
 
 
+def _cpu_kernel_isas():
+    """The CPU kernel's variants this machine can run (each is tested)."""
+    kernels = backend.load_kernels()
+    if kernels is None:
+        return ["not built"]
+    return ["baseline"] + (["avx2+fma"] if kernels.cpu_kernel_isa() == "avx2+fma" else [])
+
+
+@pytest.fixture(params=_cpu_kernel_isas())
+def cpu_isa(request):
+    """Runs the test once per instruction-set variant of the CPU kernel."""
+    kernels = backend.load_kernels()
+    if kernels is None:
+        pytest.skip("the compiled CPU kernel is not built")
+    kernels.set_cpu_kernel_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        kernels.set_cpu_kernel_isa("auto")
+
+
 def make_inputs(
     level_shapes, batch=2, heads=2, channels=3, queries=5, points=2, low=-0.25, high=1.25, dtype=torch.float64, seed=0
 ):
@@ -101,7 +122,7 @@ def test_pytorch_path_matches_naive_reference():
 
 
 @requires_cpu_kernel
-def test_cpu_kernel_matches_naive_reference():
+def test_cpu_kernel_matches_naive_reference(cpu_isa):
     value, shapes, starts, locations, weights = make_inputs([(3, 5), (4, 2), (1, 3)], points=3)
     expected = naive_ms_deform_attn(value, shapes, locations, weights)
     torch.testing.assert_close(run_kernel(value, shapes, starts, locations, weights), expected, rtol=0, atol=1e-12)
@@ -125,7 +146,7 @@ def test_hand_computed_sample():
 
 @requires_cpu_kernel
 @pytest.mark.parametrize("seed", range(6))
-def test_cpu_kernel_forward_matches_pytorch_fp64(seed):
+def test_cpu_kernel_forward_matches_pytorch_fp64(seed, cpu_isa):
     level_shapes, kwargs, im2col_step = random_case(seed)
     value, shapes, starts, locations, weights = make_inputs(level_shapes, seed=seed, **kwargs)
     expected = ms_deform_attn_core_pytorch(value, shapes, locations, weights)
@@ -135,7 +156,7 @@ def test_cpu_kernel_forward_matches_pytorch_fp64(seed):
 
 
 @requires_cpu_kernel
-def test_cpu_kernel_forward_larger_maps_fp64():
+def test_cpu_kernel_forward_larger_maps_fp64(cpu_isa):
     # Realistic channel count (32) and several non-square levels, batch 3 > im2col_step 2.
     value, shapes, starts, locations, weights = make_inputs(
         [(12, 17), (6, 9), (3, 5)], batch=3, heads=4, channels=32, queries=40, points=4
@@ -145,7 +166,7 @@ def test_cpu_kernel_forward_larger_maps_fp64():
 
 
 @requires_cpu_kernel
-def test_cpu_kernel_fp32_close_to_fp64_reference():
+def test_cpu_kernel_fp32_close_to_fp64_reference(cpu_isa):
     value, shapes, starts, locations, weights = make_inputs([(9, 7), (5, 4)], heads=3, channels=16, queries=20, points=4)
     expected = ms_deform_attn_core_pytorch(value, shapes, locations, weights)
     actual = run_kernel(value.float(), shapes, starts, locations.float(), weights.float())
@@ -170,7 +191,7 @@ def test_samples_entirely_outside_contribute_nothing():
 
 @requires_cpu_kernel
 @pytest.mark.parametrize("seed", range(3))
-def test_cpu_kernel_gradcheck(seed):
+def test_cpu_kernel_gradcheck(seed, cpu_isa):
     level_shapes, kwargs, im2col_step = random_case(seed)
     # gradcheck differentiates numerically element by element: keep the tensors small
     kwargs.update(
@@ -186,7 +207,7 @@ def test_cpu_kernel_gradcheck(seed):
 
 
 @requires_cpu_kernel
-def test_cpu_kernel_backward_matches_pytorch_autograd():
+def test_cpu_kernel_backward_matches_pytorch_autograd(cpu_isa):
     value, shapes, starts, locations, weights = make_inputs(
         [(10, 7), (5, 8), (2, 3)], batch=3, heads=4, channels=32, queries=30, points=4
     )
@@ -200,6 +221,33 @@ def test_cpu_kernel_backward_matches_pytorch_autograd():
         grads.append(torch.autograd.grad(compute(*inputs), inputs, grad_output))
     for kernel_grad, reference_grad in zip(*grads):
         torch.testing.assert_close(kernel_grad, reference_grad, rtol=1e-9, atol=1e-9)
+
+
+@requires_cpu_kernel
+def test_cpu_kernel_many_samples_per_query(cpu_isa):
+    # 4 levels x 20 points = 80 samples per query and head, more than the kernel gathers at once (64).
+    value, shapes, starts, locations, weights = make_inputs(
+        [(5, 7), (4, 3), (2, 6), (1, 1)], batch=2, heads=2, channels=12, queries=6, points=20
+    )
+    grad_output = torch.randn(2, 6, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    results = []
+    for compute in (
+        lambda v, loc, w: run_kernel(v, shapes, starts, loc, w),
+        lambda v, loc, w: ms_deform_attn_core_pytorch(v, shapes, loc, w),
+    ):
+        inputs = [t.clone().requires_grad_() for t in (value, locations, weights)]
+        out = compute(*inputs)
+        results.append([out.detach(), *torch.autograd.grad(out, inputs, grad_output)])
+    for kernel_result, reference in zip(*results):
+        torch.testing.assert_close(kernel_result, reference, rtol=1e-9, atol=1e-10)
+
+
+@requires_cpu_kernel
+def test_cpu_kernel_isa_choice():
+    kernels = backend.load_kernels()
+    assert kernels.cpu_kernel_isa() in ("baseline", "avx2+fma")
+    with pytest.raises(RuntimeError, match="set_cpu_kernel_isa"):
+        kernels.set_cpu_kernel_isa("sse9")
 
 
 @requires_cpu_kernel

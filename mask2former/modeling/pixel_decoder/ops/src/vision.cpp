@@ -23,4 +23,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "im2col_step) -> [grad_value, grad_sampling_loc, grad_attn_weight]");
   m.def("with_cuda", &with_cuda, "True if the CUDA kernels were compiled in");
   m.def("cpu_kernel_isa", &mask2former::cpu_kernel_isa, "Instruction set the CPU kernel uses on this machine");
+  m.def(
+      "set_cpu_kernel_isa", &mask2former::set_cpu_kernel_isa,
+      "Choose the CPU kernel's instruction set: \"auto\", \"baseline\" or \"avx2+fma\" (tests, benchmarks)");
 }

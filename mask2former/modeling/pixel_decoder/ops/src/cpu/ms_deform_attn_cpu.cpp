@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -53,6 +54,9 @@ struct Simd<float> {
   static inline void load(Vec& v, const float* p) {
     std::memcpy(&v, p, sizeof(Vec));
   }
+  static inline void store(float* p, const Vec& v) {
+    std::memcpy(p, &v, sizeof(Vec));
+  }
 };
 template <>
 struct Simd<double> {
@@ -60,6 +64,9 @@ struct Simd<double> {
   static constexpr int kLanes = 4;
   static inline void load(Vec& v, const double* p) {
     std::memcpy(&v, p, sizeof(Vec));
+  }
+  static inline void store(double* p, const Vec& v) {
+    std::memcpy(p, &v, sizeof(Vec));
   }
 };
 
@@ -97,13 +104,20 @@ int64_t channel_block(const Problem& z, int64_t slices) {
 
 namespace {
 
-bool cpu_has_avx2() {
+bool cpu_supports_avx2() {
 #if MSDA_CPU_HAS_AVX2_VARIANT
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return supported;
 #else
   return false;
 #endif
+}
+
+// Tests force the baseline variant to check it on machines that would pick AVX2.
+std::atomic<bool> baseline_forced{false};
+
+bool cpu_has_avx2() {
+  return cpu_supports_avx2() && !baseline_forced.load();
 }
 
 std::vector<Level> read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
@@ -125,6 +139,14 @@ Problem read_problem(const at::Tensor& value, const at::Tensor& sampling_loc) {
 
 std::string cpu_kernel_isa() {
   return cpu_has_avx2() ? "avx2+fma" : "baseline";
+}
+
+void set_cpu_kernel_isa(const std::string& isa) {
+  TORCH_CHECK(
+      isa == "auto" || isa == "baseline" || (isa == "avx2+fma" && cpu_supports_avx2()),
+      "set_cpu_kernel_isa: expected \"auto\", \"baseline\"", cpu_supports_avx2() ? " or \"avx2+fma\"" : "",
+      " on this machine, got \"", isa, "\"");
+  baseline_forced.store(isa == "baseline");
 }
 
 at::Tensor ms_deform_attn_cpu_forward(

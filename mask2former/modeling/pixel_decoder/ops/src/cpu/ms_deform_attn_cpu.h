@@ -9,6 +9,8 @@ namespace mask2former {
 
 // Instruction set the CPU kernel runs with on this machine: "avx2+fma" or "baseline".
 std::string cpu_kernel_isa();
+// "auto" (the best the CPU supports), "baseline", or "avx2+fma" where supported.
+void set_cpu_kernel_isa(const std::string& isa);
 
 // Inputs are checked and contiguous (see ../ms_deform_attn.h); float32 or float64.
 at::Tensor ms_deform_attn_cpu_forward(

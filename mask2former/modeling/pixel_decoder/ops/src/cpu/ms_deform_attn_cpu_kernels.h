@@ -1,6 +1,7 @@
 // The loops of the CPU kernel. ms_deform_attn_cpu.cpp includes this file twice, in two namespaces:
 // once compiled for the baseline instruction set and once for AVX2+FMA, and picks one at run time.
-// Hence no include guard; Level, Problem, for_each_batch_chunk and grain_for come from the includer.
+// Hence no include guard; Level, Problem, Simd, for_each_batch_chunk, grain_for and channel_block
+// come from the includer.
 //
 // Work is split over (batch, query, head) items: an item reads its n_levels * n_points bilinear
 // samples of one head's D channels and writes D outputs, so the forward pass and the gradients of
@@ -96,6 +97,42 @@ void forward(
   });
 }
 
+// The samples of one (n, q, m) item that touch the map, gathered before any channel is read: the
+// rows of their four corners (a row of zeros for corners outside the map) and the fractional
+// offsets, with the rows prefetched so that the latency of these scattered reads overlaps. (This
+// helps the backward pass; the forward pass measured faster reading each sample as it is located.)
+template <typename scalar_t>
+struct ItemSamples {
+  static constexpr int kMax = 64;  // more samples per item are gathered in several rounds
+  int count = 0;
+  int64_t index[kMax];  // l * n_points + p
+  const scalar_t* rows[kMax][4];
+  scalar_t fx[kMax], fy[kMax];
+
+  // Gathers samples [first, last) (at most kMax) of the item; returns how many touch the map.
+  int gather(
+      int64_t first, int64_t last, const Problem& z, const Level* levels, const scalar_t* item_loc,
+      const scalar_t* head_value, int64_t position_stride, const scalar_t* zeros) {
+    count = 0;
+    for (int64_t k = first; k < last; ++k) {
+      Sample<scalar_t> s;
+      if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[k / z.points], s)) {
+        continue;
+      }
+      corner_rows(s, head_value, position_stride, zeros, rows[count]);
+      for (int i = 0; i < 4; ++i) {
+        __builtin_prefetch(rows[count][i]);
+        __builtin_prefetch(rows[count][i] + z.channels - 1);
+      }
+      index[count] = k;
+      fx[count] = s.fx;
+      fy[count] = s.fy;
+      ++count;
+    }
+    return count;
+  }
+};
+
 // <g, c_i> for the four corner rows. The sums run in SIMD registers (a compiler may not reorder a
 // floating-point sum by itself), then across lanes.
 template <typename scalar_t>
@@ -135,6 +172,7 @@ void backward_locations(
   for_each_batch_chunk(z.batch, im2col_step, [&](int64_t batch_begin, int64_t batch_end) {
     const int64_t first = batch_begin * z.queries * z.heads, last = batch_end * z.queries * z.heads;
     at::parallel_for(first, last, grain_for(z), [&](int64_t begin, int64_t end) {
+      ItemSamples<scalar_t> gathered;
       for (int64_t item = begin; item < end; ++item) {
         const int64_t m = item % z.heads, n = item / (z.queries * z.heads);
         const scalar_t* head_value = value + n * z.num_values * position_stride + m * z.channels;
@@ -143,24 +181,22 @@ void backward_locations(
         const scalar_t* g = grad_output + item * z.channels;
         scalar_t* item_grad_loc = grad_loc + item * samples * 2;
         scalar_t* item_grad_attn = grad_attn + item * samples;
-        for (int64_t l = 0; l < z.levels; ++l) {
-          for (int64_t p = 0; p < z.points; ++p) {
-            const int64_t k = l * z.points + p;
-            Sample<scalar_t> s;
-            if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[l], s)) {
-              continue;
-            }
-            const scalar_t* rows[4];
-            corner_rows(s, head_value, position_stride, zeros.data(), rows);
+        for (int64_t round = 0; round < samples; round += ItemSamples<scalar_t>::kMax) {
+          const int count = gathered.gather(
+              round, std::min(samples, round + ItemSamples<scalar_t>::kMax), z, levels, item_loc, head_value,
+              position_stride, zeros.data());
+          for (int j = 0; j < count; ++j) {
             scalar_t dots[4];
-            corner_dots(g, rows, z.channels, dots);
-            const scalar_t fx = s.fx, fy = s.fy, a = item_attn[k];
+            corner_dots(g, gathered.rows[j], z.channels, dots);
+            const int64_t k = gathered.index[j];
+            const scalar_t fx = gathered.fx[j], fy = gathered.fy[j], a = item_attn[k];
             item_grad_attn[k] = (1 - fy) * ((1 - fx) * dots[0] + fx * dots[1]) + fy * ((1 - fx) * dots[2] + fx * dots[3]);
             // d/dx of the bilinear interpolation, times dx/dloc_x = W (and likewise for y)
             const scalar_t d_x = (1 - fy) * (dots[1] - dots[0]) + fy * (dots[3] - dots[2]);
             const scalar_t d_y = (1 - fx) * (dots[2] - dots[0]) + fx * (dots[3] - dots[1]);
-            item_grad_loc[2 * k] = a * d_x * static_cast<scalar_t>(levels[l].width);
-            item_grad_loc[2 * k + 1] = a * d_y * static_cast<scalar_t>(levels[l].height);
+            const Level& level = levels[k / z.points];
+            item_grad_loc[2 * k] = a * d_x * static_cast<scalar_t>(level.width);
+            item_grad_loc[2 * k + 1] = a * d_y * static_cast<scalar_t>(level.height);
           }
         }
       }
