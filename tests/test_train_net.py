@@ -115,9 +115,23 @@ EXPECTED_METRICS = {
 }
 
 
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """Train + evaluate each task once: {task: (results, learning rate per iteration, output dir)}."""
+    runs = {}
+
+    def run(task):
+        if task not in runs:
+            output_dir = tmp_path_factory.mktemp(task)
+            runs[task] = (*train(make_args(task, output_dir, tiny_data)), output_dir)
+        return runs[task]
+
+    return run
+
+
 @pytest.mark.parametrize("task", ["panoptic", "instance", "semantic"])
-def test_train_then_evaluate(task, tiny_data, tmp_path):
-    results, lrs = train(make_args(task, tmp_path, tiny_data))
+def test_train_then_evaluate(task, trained):
+    results, lrs, output_dir = trained(task)
 
     for group, names in EXPECTED_METRICS[task].items():
         for name in names:
@@ -127,12 +141,12 @@ def test_train_then_evaluate(task, tiny_data, tmp_path):
     for iteration, lr in lrs.items():
         assert lr == pytest.approx(poly_lr(iteration, 3e-4, 3, 2, 0.01), rel=1e-6)
     # Detectron2's writers: metrics.json (and the console) every 20 iterations and at the end.
-    (row,) = read_metrics(tmp_path)
+    (row,) = read_metrics(output_dir)
     assert row["iteration"] == 2 and row["lr"] == pytest.approx(lrs[2])
     for term in ("total_loss", "loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_dice_0"):
         assert math.isfinite(row[term]), term
-    assert os.path.isfile(tmp_path / "model_final.pth")
-    assert glob.glob(str(tmp_path / "events.out.tfevents.*")), "no TensorBoard event file"
+    assert os.path.isfile(output_dir / "model_final.pth")
+    assert glob.glob(str(output_dir / "events.out.tfevents.*")), "no TensorBoard event file"
 
 
 def test_resume_continues_at_saved_iteration_with_same_schedule(tiny_data, tmp_path):
@@ -154,15 +168,15 @@ def test_resume_continues_at_saved_iteration_with_same_schedule(tiny_data, tmp_p
         assert lr == pytest.approx(poly_lr(iteration, 3e-4, 4, 2, 0.01), rel=1e-6)
 
 
-def test_eval_only_reproduces_the_metrics_of_a_checkpoint(tiny_data, tmp_path):
-    trained, _ = train(make_args("panoptic", tmp_path / "train", tiny_data))
-    weights = str(tmp_path / "train" / "model_final.pth")
+def test_eval_only_reproduces_the_metrics_of_a_checkpoint(trained, tiny_data, tmp_path):
+    trained_results, _, train_dir = trained("panoptic")
+    weights = str(train_dir / "model_final.pth")
     evaluated = train_net.main(
         make_args("panoptic", tmp_path / "eval", tiny_data, "MODEL.WEIGHTS", weights, flags=["--eval-only"])
     )
-    assert set(evaluated) == set(trained)
-    for group in trained:
-        for name, value in trained[group].items():
+    assert set(evaluated) == set(trained_results)
+    for group in trained_results:
+        for name, value in trained_results[group].items():
             assert evaluated[group][name] == pytest.approx(value, abs=1e-6, nan_ok=True), (group, name)
 
 
