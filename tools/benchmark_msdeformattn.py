@@ -20,14 +20,13 @@ Quick check:
     python tools/benchmark_msdeformattn.py --sizes 256 --batches 1 --repeats 2
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The profiler (used for CPU peak memory) otherwise prints a line per start and stop.
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
@@ -95,6 +94,20 @@ def median_ms(fn, device, repeats):
     return 1000.0 * statistics.median(times)
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silences the profiler's C++ start/stop lines (written straight to file descriptor 2)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def peak_mib(fn, device):
     """Largest amount of memory held at once by fn's allocations."""
     if device.type == "cuda":
@@ -104,7 +117,7 @@ def peak_mib(fn, device):
         fn()
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     held = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):

@@ -158,7 +158,8 @@ at::Tensor ms_deform_attn_cpu_forward(
     int64_t im2col_step) {
   const std::vector<Level> levels = read_levels(spatial_shapes, level_start_index);
   const Problem z = read_problem(value, sampling_loc);
-  at::Tensor output = at::zeros({z.batch, z.queries, z.heads * z.channels}, value.options());
+  // Every element is written by the kernel (no need to clear the memory first).
+  at::Tensor output = at::empty({z.batch, z.queries, z.heads * z.channels}, value.options());
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_forward", [&] {
     const auto args = std::make_tuple(
         z, levels.data(), value.data_ptr<scalar_t>(), sampling_loc.data_ptr<scalar_t>(),
@@ -185,8 +186,9 @@ std::vector<at::Tensor> ms_deform_attn_cpu_backward(
   const std::vector<Level> levels = read_levels(spatial_shapes, level_start_index);
   const Problem z = read_problem(value, sampling_loc);
   at::Tensor grad_value = at::zeros_like(value);
-  at::Tensor grad_loc = at::zeros_like(sampling_loc);
-  at::Tensor grad_attn = at::zeros_like(attn_weight);
+  // grad_value is a scatter target and starts at zero; the other two are written element by element.
+  at::Tensor grad_loc = at::empty_like(sampling_loc);
+  at::Tensor grad_attn = at::empty_like(attn_weight);
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_backward", [&] {
     const auto location_args = std::make_tuple(
         z, levels.data(), value.data_ptr<scalar_t>(), sampling_loc.data_ptr<scalar_t>(),

@@ -71,6 +71,7 @@ void forward(
         const scalar_t* item_loc = sampling_loc + item * samples * 2;
         const scalar_t* item_attn = attn_weight + item * samples;
         scalar_t* __restrict__ out = output + item * z.channels;
+        std::fill(out, out + z.channels, scalar_t(0));
         for (int64_t l = 0; l < z.levels; ++l) {
           for (int64_t p = 0; p < z.points; ++p) {
             const int64_t k = l * z.points + p;
@@ -181,6 +182,9 @@ void backward_locations(
         const scalar_t* g = grad_output + item * z.channels;
         scalar_t* item_grad_loc = grad_loc + item * samples * 2;
         scalar_t* item_grad_attn = grad_attn + item * samples;
+        // Samples outside the map get no gradient.
+        std::fill(item_grad_loc, item_grad_loc + samples * 2, scalar_t(0));
+        std::fill(item_grad_attn, item_grad_attn + samples, scalar_t(0));
         for (int64_t round = 0; round < samples; round += ItemSamples<scalar_t>::kMax) {
           const int count = gathered.gather(
               round, std::min(samples, round + ItemSamples<scalar_t>::kMax), z, levels, item_loc, head_value,
