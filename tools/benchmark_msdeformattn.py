@@ -12,7 +12,8 @@ kernel, pure PyTorch; see mask2former/modeling/pixel_decoder/ops/backend.py):
 each in inference (forward under no_grad) and training (forward + backward). Times are the median of
 --repeats runs after one warm-up run. Peak memory is the most memory allocated at once by the
 measured call, over what was allocated before it (CPU: from the profiler's allocation events;
-CUDA: torch.cuda.max_memory_allocated).
+CUDA: torch.cuda.max_memory_allocated). Process CPU time (all threads) is printed too: on a busy
+machine it varies less than wall time (with several threads it includes OpenMP's spin-waiting).
 
 Example (the figures to report; quiet machine):
     python tools/benchmark_msdeformattn.py --threads 2 --repeats 10
@@ -83,15 +84,17 @@ def synchronize(device):
 
 
 def median_ms(fn, device, repeats):
+    """Median wall time and median process CPU time (all threads) of fn, in ms."""
     fn()  # warm-up
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
         synchronize(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return 1000.0 * statistics.median(wall), 1000.0 * statistics.median(cpu)
 
 
 @contextlib.contextmanager
@@ -127,7 +130,8 @@ def peak_mib(fn, device):
 
 
 def measure(forward, train_inputs, device, repeats):
-    """(forward ms, forward+backward ms, forward MiB, forward+backward MiB)."""
+    """(forward ms, forward+backward ms, forward MiB, forward+backward MiB, forward CPU ms,
+    forward+backward CPU ms)."""
 
     def inference():
         with torch.no_grad():
@@ -139,11 +143,15 @@ def measure(forward, train_inputs, device, repeats):
         out = forward()
         out.backward(torch.ones_like(out))
 
+    inference_ms, inference_cpu_ms = median_ms(inference, device, repeats)
+    training_ms, training_cpu_ms = median_ms(training, device, repeats)
     return (
-        median_ms(inference, device, repeats),
-        median_ms(training, device, repeats),
+        inference_ms,
+        training_ms,
         peak_mib(inference, device),
         peak_mib(training, device),
+        inference_cpu_ms,
+        training_cpu_ms,
     )
 
 
@@ -159,8 +167,8 @@ def paths_for(device, requested):
 def run(args):
     device = torch.device(args.device)
     rows = []
-    header = "{:<7} {:>5} {:>5} {:<8} {:>10} {:>12} {:>9} {:>11}".format(
-        "what", "size", "batch", "path", "fwd ms", "fwd+bwd ms", "fwd MiB", "f+b MiB"
+    header = "{:<7} {:>5} {:>5} {:<8} {:>10} {:>12} {:>9} {:>11} {:>11} {:>11}".format(
+        "what", "size", "batch", "path", "fwd ms", "fwd+bwd ms", "fwd MiB", "f+b MiB", "fwd CPU ms", "f+b CPU ms"
     )
     kernels = backend.load_kernels()
     if kernels is None:
@@ -200,7 +208,7 @@ def run(args):
                         baseline = result
                     rows.append((what, size, batch, path, result))
                     print(
-                        "{:<7} {:>5} {:>5} {:<8} {:>10.2f} {:>12.2f} {:>9.1f} {:>11.1f}".format(
+                        "{:<7} {:>5} {:>5} {:<8} {:>10.2f} {:>12.2f} {:>9.1f} {:>11.1f} {:>11.1f} {:>11.1f}".format(
                             what, size, batch, path, *result
                         ),
                         flush=True,
@@ -209,15 +217,19 @@ def run(args):
                     for row in rows:
                         if row[:3] == (what, size, batch) and row[3] != "pytorch":
                             fwd, train = baseline[0] / row[4][0], baseline[1] / row[4][1]
+                            fwd_cpu, train_cpu = baseline[4] / row[4][4], baseline[5] / row[4][5]
                             print(
                                 "{:<7} {:>5} {:>5} {:<8} speed-up over pytorch: forward {:.1f}x, forward+backward "
-                                "{:.1f}x; peak memory {:.2f}x / {:.2f}x of pytorch's".format(
+                                "{:.1f}x (CPU time: {:.1f}x, {:.1f}x); peak memory {:.2f}x / {:.2f}x of "
+                                "pytorch's".format(
                                     what,
                                     size,
                                     batch,
                                     row[3],
                                     fwd,
                                     train,
+                                    fwd_cpu,
+                                    train_cpu,
                                     row[4][2] / max(baseline[2], 1e-9),
                                     row[4][3] / max(baseline[3], 1e-9),
                                 ),
