@@ -124,7 +124,11 @@ def _axis_tiles(length, kernel_size, dilation, tile_target):
         slot (length,): for every position, its axis tile and place in it: tile_id * tile + place.
     """
     places = (length + dilation - 1) // dilation
-    tiles = max(1, round(places / tile_target))
+    # Groups shorter than 2K places get tiles of about K - 1 places: their regions span (nearly)
+    # the whole group whatever the tile size, and fewer, larger matrix products are faster. Longer
+    # groups get ``tile_target``: smaller tiles waste less work on keys outside the windows.
+    target = tile_target if places >= 2 * kernel_size else kernel_size - 1
+    tiles = max(1, round(places / target))
     tile = (places + tiles - 1) // tiles
     padded = tiles * tile
 
