@@ -218,11 +218,12 @@ def _tiled_attention(query, key, value, rpb, kernel_size, dilation, attn_drop, t
     batch_index = torch.arange(batch, device=device).view(1, batch, 1, 1, 1)
     head_index = torch.arange(heads, device=device).view(1, 1, heads, 1, 1)
 
-    # One gather each, straight into (row tile, B, heads, column tile, tile or region, head_dim):
-    # chunks along the row tiles are then contiguous, and inputs may have any strides.
-    queries = query.flatten(2, 3)[batch_index, head_index, layout["query_index"]]
-    keys = key.flatten(2, 3)[batch_index, head_index, layout["key_index"]]
-    values = value.flatten(2, 3)[batch_index, head_index, layout["key_index"]]
+    query, key, value = query.flatten(2, 3), key.flatten(2, 3), value.flatten(2, 3)
+
+    def gather(x, index):
+        # Straight into (row tiles, B, heads, column tiles, tile or region, head_dim), whatever
+        # the input strides; one chunk of row tiles at a time bounds the memory of the regions.
+        return x[batch_index, head_index, index]
 
     # The bias of every distinct (row pattern, column pattern) pair; -inf outside the windows.
     rpb = F.pad(rpb, (0, 1, 0, 1), value=float("-inf"))
@@ -235,7 +236,9 @@ def _tiled_attention(query, key, value, rpb, kernel_size, dilation, attn_drop, t
     outputs = []
     for first in range(0, grid_r, chunk):
         end = min(first + chunk, grid_r)
-        logits = torch.matmul(queries[first:end], keys[first:end].transpose(-1, -2))
+        keys = gather(key, layout["key_index"][first:end])
+        logits = torch.matmul(gather(query, layout["query_index"][first:end]), keys.transpose(-1, -2))
+        del keys
         for row_first, row_end, row_pattern in layout["row_blocks"]:
             row_first, row_end = max(row_first, first), min(row_end, end)
             if row_first >= row_end:
@@ -244,7 +247,7 @@ def _tiled_attention(query, key, value, rpb, kernel_size, dilation, attn_drop, t
                 block = logits[row_first - first:row_end - first, :, :, col_first:col_end]
                 block += bias[:, row_pattern, col_pattern, None]
         attn = F.dropout(logits.softmax(dim=-1), attn_drop, training)
-        outputs.append(torch.matmul(attn, values[first:end]))
+        outputs.append(torch.matmul(attn, gather(value, layout["key_index"][first:end])))
     out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
     # Back to positions with one gather, as (B, H, W, heads, head_dim) memory so that the usual
