@@ -31,6 +31,7 @@ SYNTHETIC_CONFIGS = {
 # Smaller than the example: a couple of iterations on 64x80 images.
 TINY = [
     "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.BASE_LR", "0.0003",
     "SOLVER.MAX_ITER", "3",
     "SOLVER.WARMUP_ITERS", "2",
     "SOLVER.CHECKPOINT_PERIOD", "1000",
