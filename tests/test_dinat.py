@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 from detectron2.projects.deeplab import add_deeplab_config
 

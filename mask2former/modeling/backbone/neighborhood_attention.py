@@ -27,7 +27,7 @@ Two implementations, chosen by size (``implementation="auto"``):
 when ``implementation="auto"``, or on request with ``implementation="natten"``.
 """
 import functools
-import math
+import inspect
 
 import torch
 import torch.nn as nn
@@ -277,9 +277,14 @@ def _natten_attention(query, key, value, rpb, kernel_size, dilation, attn_drop, 
             "implementation='natten' needs natten < 0.20 (the last versions with relative "
             "positional bias); it is not importable here. Use implementation='auto'."
         )
-    attn = natten_functional.natten2dqkrpb(query, key, rpb, kernel_size, dilation).softmax(dim=-1)
+    # natten < 0.14.5 reads the kernel size from rpb; later versions take it as an argument.
+    if "kernel_size" in inspect.signature(natten_functional.natten2dqkrpb).parameters:
+        window = (kernel_size, dilation)
+    else:
+        window = (dilation,)
+    attn = natten_functional.natten2dqkrpb(query, key, rpb, *window).softmax(dim=-1)
     attn = F.dropout(attn, attn_drop, training)
-    return natten_functional.natten2dav(attn, value, kernel_size, dilation)
+    return natten_functional.natten2dav(attn, value, *window)
 
 
 def _choose(query, kernel_size, implementation):
