@@ -18,10 +18,12 @@ Two implementations, chosen by size (``implementation="auto"``):
 
 * ``"gather"`` materialises the K * K neighbours of every query (memory ~ H*W*K*K*head_dim);
   the fastest on small maps.
-* ``"tiled"`` never does: queries are cut into tiles of about K x K places of one dilation group;
-  the neighbourhoods of a tile all lie in one region of (tile + K - 1)^2 keys, so each tile is one
-  dense matrix product with a -inf mask for keys outside a query's window. Tiles are processed in
-  chunks, which bounds peak memory at inference; dense products make it the fastest on large maps.
+* ``"tiled"`` never does: the queries of each dilation group are cut into square tiles of a few
+  places per axis; the neighbourhoods of a tile all lie in one region of at most
+  (tile + K - 1)^2 keys, so each tile is one dense matrix product with a -inf mask for keys
+  outside a query's window (about 2.4x the exact work for K = 11, but in large matrix products).
+  Tiles are gathered and processed in chunks, which bounds peak memory; it is the fastest path on
+  large maps.
 
 ``natten`` (an importable version that still has ``rpb``, i.e. < 0.20) is used for CUDA tensors
 when ``implementation="auto"``, or on request with ``implementation="natten"``.
