@@ -57,6 +57,15 @@ struct Simd<float> {
   static inline void store(float* p, const Vec& v) {
     std::memcpy(p, &v, sizeof(Vec));
   }
+  // Sum of the lanes: the two 16-byte halves first (one vector add), then the 4 lanes left.
+  static inline float sum(const Vec& v) {
+    typedef float Half __attribute__((vector_size(16)));
+    Half low, high;
+    std::memcpy(&low, &v, sizeof(Half));
+    std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
+    const Half h = low + high;
+    return h[0] + h[1] + h[2] + h[3];
+  }
 };
 template <>
 struct Simd<double> {
@@ -67,6 +76,15 @@ struct Simd<double> {
   }
   static inline void store(double* p, const Vec& v) {
     std::memcpy(p, &v, sizeof(Vec));
+  }
+  // Sum of the lanes: the two 16-byte halves first (one vector add), then the 2 lanes left.
+  static inline double sum(const Vec& v) {
+    typedef double Half __attribute__((vector_size(16)));
+    Half low, high;
+    std::memcpy(&low, &v, sizeof(Half));
+    std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
+    const Half h = low + high;
+    return h[0] + h[1];
   }
 };
 

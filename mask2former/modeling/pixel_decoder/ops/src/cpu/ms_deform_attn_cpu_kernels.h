@@ -151,10 +151,7 @@ inline void corner_dots(const scalar_t* g, const scalar_t* const rows[4], int64_
     }
   }
   for (int i = 0; i < 4; ++i) {
-    scalar_t sum = 0;
-    for (int j = 0; j < kLanes; ++j) {
-      sum += acc[i][j];
-    }
+    scalar_t sum = Simd<scalar_t>::sum(acc[i]);
     for (int64_t e = d; e < channels; ++e) {
       sum += g[e] * rows[i][e];
     }
@@ -210,6 +207,8 @@ void backward_locations(
 
 // Gradient of value: each task owns grad_value[n, :, m, d_begin:d_end] and scatters every query's
 // contribution into it.
+constexpr int64_t kPrefetchQueries = 4;
+
 template <typename scalar_t>
 void backward_value(
     const Problem& z, const Level* levels, const scalar_t* sampling_loc, const scalar_t* attn_weight,
@@ -230,6 +229,14 @@ void backward_value(
           const scalar_t* item_loc = sampling_loc + item * samples * 2;
           const scalar_t* item_attn = attn_weight + item * samples;
           const scalar_t* __restrict__ g = grad_output + item * z.channels + d_begin;
+          // This loop strides over the other heads' data: fetch a few queries ahead.
+          const int64_t ahead = std::min(q + kPrefetchQueries, z.queries - 1) - q;
+          const scalar_t* next_loc = item_loc + ahead * z.heads * samples * 2;
+          for (int64_t offset = 0; offset < samples * 2; offset += 64 / static_cast<int64_t>(sizeof(scalar_t))) {
+            __builtin_prefetch(next_loc + offset);
+          }
+          __builtin_prefetch(item_attn + ahead * z.heads * samples);
+          __builtin_prefetch(g + ahead * z.heads * z.channels);
           for (int64_t l = 0; l < z.levels; ++l) {
             for (int64_t p = 0; p < z.points; ++p) {
               const int64_t k = l * z.points + p;
