@@ -22,6 +22,8 @@ from ..transformer_decoder.transformer import TransformerEncoder, TransformerEnc
 __all__ = [
     "build_pixel_decoder",
     "select_input_shapes",
+    "build_fpn_output_conv",
+    "build_fpn_level_convs",
     "BasePixelDecoder",
     "TransformerEncoderPixelDecoder",
 ]
@@ -56,6 +58,41 @@ def build_pixel_decoder(cfg, input_shape):
 _NUM_MULTI_SCALE_LEVELS = 3
 
 
+def _fpn_output_conv(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
+    # Convs without a normalization get a bias instead.
+    return Conv2d(
+        in_channels,
+        conv_dim,
+        kernel_size=3,
+        stride=1,
+        padding=1,
+        bias=norm == "",
+        norm=get_norm(norm, conv_dim),
+        activation=F.relu,
+    )
+
+
+def build_fpn_output_conv(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
+    """The 3x3 conv + norm + ReLU of an FPN level, Caffe2-Xavier initialised."""
+    output_conv = _fpn_output_conv(in_channels, conv_dim, norm)
+    weight_init.c2_xavier_fill(output_conv)
+    return output_conv
+
+
+def build_fpn_level_convs(in_channels: int, conv_dim: int, norm: str):
+    """The (lateral 1x1 conv + norm, output 3x3 conv + norm + ReLU) pair of an FPN level that adds
+    a backbone feature of `in_channels` channels to the upsampled coarser level."""
+    lateral_conv = Conv2d(
+        in_channels, conv_dim, kernel_size=1, bias=norm == "", norm=get_norm(norm, conv_dim)
+    )
+    output_conv = _fpn_output_conv(conv_dim, conv_dim, norm)
+    # Both convs are built before either is filled: the same random-number order as upstream, so
+    # a seeded model starts from the same weights.
+    weight_init.c2_xavier_fill(lateral_conv)
+    weight_init.c2_xavier_fill(output_conv)
+    return lateral_conv, output_conv
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class BasePixelDecoder(nn.Module):
     """Top-down FPN over the backbone features; mask features from a 3x3 conv of the finest level."""
@@ -76,40 +113,15 @@ class BasePixelDecoder(nn.Module):
 
         lateral_convs = []
         output_convs = []
-        use_bias = norm == ""
         for idx, in_channels in enumerate(feature_channels):
             if idx == len(self.in_features) - 1:
                 # The coarsest level has no lateral connection: its output conv reads it directly.
-                output_conv = Conv2d(
-                    in_channels,
-                    conv_dim,
-                    kernel_size=3,
-                    stride=1,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, conv_dim),
-                    activation=F.relu,
-                )
-                weight_init.c2_xavier_fill(output_conv)
+                output_conv = build_fpn_output_conv(in_channels, conv_dim, norm)
                 self.add_module(f"layer_{idx + 1}", output_conv)
                 lateral_convs.append(None)
                 output_convs.append(output_conv)
             else:
-                lateral_conv = Conv2d(
-                    in_channels, conv_dim, kernel_size=1, bias=use_bias, norm=get_norm(norm, conv_dim)
-                )
-                output_conv = Conv2d(
-                    conv_dim,
-                    conv_dim,
-                    kernel_size=3,
-                    stride=1,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, conv_dim),
-                    activation=F.relu,
-                )
-                weight_init.c2_xavier_fill(lateral_conv)
-                weight_init.c2_xavier_fill(output_conv)
+                lateral_conv, output_conv = build_fpn_level_convs(in_channels, conv_dim, norm)
                 self.add_module(f"adapter_{idx + 1}", lateral_conv)
                 self.add_module(f"layer_{idx + 1}", output_conv)
                 lateral_convs.append(lateral_conv)
@@ -227,17 +239,7 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
 
         # The coarsest output conv now reads the encoder output (conv_dim channels). It is
         # re-registered last, which fixes its place in the official checkpoints' key order.
-        output_conv = Conv2d(
-            conv_dim,
-            conv_dim,
-            kernel_size=3,
-            stride=1,
-            padding=1,
-            bias=norm == "",
-            norm=get_norm(norm, conv_dim),
-            activation=F.relu,
-        )
-        weight_init.c2_xavier_fill(output_conv)
+        output_conv = build_fpn_output_conv(conv_dim, conv_dim, norm)
         name = f"layer_{len(self.in_features)}"
         delattr(self, name)
         self.add_module(name, output_conv)

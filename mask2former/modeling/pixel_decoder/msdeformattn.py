@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
-from .fpn import select_input_shapes
+from .fpn import build_fpn_level_convs, select_input_shapes
 from .ops.modules import MSDeformAttn
 
 __all__ = ["MSDeformAttnTransformerEncoderOnly", "MSDeformAttnPixelDecoder"]
@@ -238,23 +238,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
         lateral_convs = []
         output_convs = []
-        use_bias = norm == ""
         for idx, in_channels in enumerate(self.feature_channels[: self.num_fpn_levels]):
-            lateral_conv = Conv2d(
-                in_channels, conv_dim, kernel_size=1, bias=use_bias, norm=get_norm(norm, conv_dim)
-            )
-            output_conv = Conv2d(
-                conv_dim,
-                conv_dim,
-                kernel_size=3,
-                stride=1,
-                padding=1,
-                bias=use_bias,
-                norm=get_norm(norm, conv_dim),
-                activation=F.relu,
-            )
-            weight_init.c2_xavier_fill(lateral_conv)
-            weight_init.c2_xavier_fill(output_conv)
+            lateral_conv, output_conv = build_fpn_level_convs(in_channels, conv_dim, norm)
             self.add_module(f"adapter_{idx + 1}", lateral_conv)
             self.add_module(f"layer_{idx + 1}", output_conv)
             lateral_convs.append(lateral_conv)
