@@ -8,14 +8,20 @@ Mask2Former training and evaluation script, on Detectron2's DefaultTrainer.
 
 Without GPUs, ``--num-gpus N`` starts N CPU processes that synchronise over GLOO.
 """
+import os
+
+# OpenMP threads that busy-wait between operations make CPU training many times slower as soon as
+# another process wants the same cores; waiting passively costs little on an idle machine. Read
+# when torch loads OpenMP, so it is set before any import of torch (set it yourself to override).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # The compatibility layer must be applied before anything imports detectron2.
-import mask2former  # noqa: F401  isort: skip
+import mask2former  # noqa: E402,F401  isort: skip
 
 import copy
 import functools
 import itertools
 import logging
-import os
 import weakref
 from collections import OrderedDict
 

@@ -27,8 +27,9 @@ import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-
-import mask2former  # noqa: E402,F401  (applies the Detectron2 compatibility layer first)
+# First: train_net sets OMP_WAIT_POLICY (see there) and applies the Detectron2 compatibility layer
+# before torch and detectron2 load.
+import train_net  # noqa: E402,F401  isort: skip
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
