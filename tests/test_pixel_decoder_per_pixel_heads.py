@@ -105,3 +105,25 @@ def test_semantic_segmentor_with_swin_and_per_pixel_head():
     with torch.no_grad():
         (result,) = model([{"image": image, "height": 70, "width": 90}])
     assert result["sem_seg"].shape == (NUM_CLASSES, 70, 90)
+
+
+@pytest.mark.parametrize("head_name", ["PerPixelBaselineHead", "PerPixelBaselinePlusHead", "MaskFormerHead"])
+def test_version_1_checkpoint_has_pixel_decoder_weights_moved(head_name, caplog):
+    """Before version 2 the pixel decoder's weights were stored directly under 'sem_seg_head.'."""
+    cfg = _cfg(head_name)
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "StandardTransformerDecoder"
+    torch.manual_seed(0)
+    source = torch.nn.Module()
+    source.sem_seg_head = build_sem_seg_head(cfg, SHAPES)
+    old_state = {
+        k.replace("sem_seg_head.pixel_decoder.", "sem_seg_head."): v for k, v in source.state_dict().items()
+    }
+    assert any(k.startswith("sem_seg_head.layer_") for k in old_state)
+
+    torch.manual_seed(1)
+    target = torch.nn.Module()
+    target.sem_seg_head = build_sem_seg_head(cfg, SHAPES)
+    target.load_state_dict(old_state, strict=True)  # no version metadata: a version-1 checkpoint
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    assert f"Weight format of {head_name} has changed" in caplog.text

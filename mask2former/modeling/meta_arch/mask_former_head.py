@@ -12,6 +12,29 @@ from ..pixel_decoder.fpn import build_pixel_decoder, select_input_shapes
 from ..transformer_decoder.maskformer_transformer_decoder import build_transformer_decoder
 
 
+def move_pixel_decoder_weights(head: nn.Module, state_dict, prefix, local_metadata):
+    """Upgrade, in place, a state_dict of a head of version < 2 (`head._version`), where the
+    pixel decoder's modules lived directly under the head, by moving them under 'pixel_decoder.'."""
+    version = local_metadata.get("version", None)
+    if version is not None and version >= 2:
+        return
+    renamed = False
+    for k in list(state_dict.keys()):
+        if (
+            k.startswith(prefix)
+            and "sem_seg_head" in k
+            and not k.startswith(prefix + "predictor")
+            and not k.startswith(prefix + "pixel_decoder.")
+        ):
+            state_dict[k.replace(prefix, prefix + "pixel_decoder.", 1)] = state_dict.pop(k)
+            renamed = True
+    if renamed:
+        logging.getLogger(__name__).warning(
+            f"Weight format of {head.__class__.__name__} has changed: moved the pixel decoder's "
+            "weights under 'pixel_decoder.'. Please upgrade your checkpoint."
+        )
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class MaskFormerHead(nn.Module):
     """
@@ -28,24 +51,7 @@ class MaskFormerHead(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        # Before version 2 the pixel decoder's modules lived directly under the head.
-        version = local_metadata.get("version", None)
-        if version is None or version < 2:
-            renamed = False
-            for k in list(state_dict.keys()):
-                if (
-                    k.startswith(prefix)
-                    and "sem_seg_head" in k
-                    and not k.startswith(prefix + "predictor")
-                    and not k.startswith(prefix + "pixel_decoder.")
-                ):
-                    state_dict[k.replace(prefix, prefix + "pixel_decoder.", 1)] = state_dict.pop(k)
-                    renamed = True
-            if renamed:
-                logging.getLogger(__name__).warning(
-                    f"Weight format of {self.__class__.__name__} has changed: moved the pixel decoder's "
-                    "weights under 'pixel_decoder.'. Please upgrade your checkpoint."
-                )
+        move_pixel_decoder_weights(self, state_dict, prefix, local_metadata)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

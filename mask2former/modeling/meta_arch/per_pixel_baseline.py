@@ -1,7 +1,6 @@
 """Per-pixel classification baselines of the MaskFormer paper, as Detectron2 sem-seg heads (used
 with Detectron2's `SemanticSegmentor`): a 1x1 classifier on the pixel decoder's mask features, and
 a variant whose per-class masks come from a transformer decoder with one query per class."""
-import logging
 from typing import Dict
 
 import fvcore.nn.weight_init as weight_init
@@ -14,6 +13,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..pixel_decoder.fpn import build_pixel_decoder, select_input_shapes
 from ..transformer_decoder.maskformer_transformer_decoder import StandardTransformerDecoder
+from .mask_former_head import move_pixel_decoder_weights
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -23,24 +23,7 @@ class PerPixelBaselineHead(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        # Before version 2 the pixel decoder's modules lived directly under the head.
-        version = local_metadata.get("version", None)
-        if version is None or version < 2:
-            renamed = False
-            for k in list(state_dict.keys()):
-                if (
-                    k.startswith(prefix)
-                    and "sem_seg_head" in k
-                    and not k.startswith(prefix + "predictor")
-                    and not k.startswith(prefix + "pixel_decoder.")
-                ):
-                    state_dict[k.replace(prefix, prefix + "pixel_decoder.", 1)] = state_dict.pop(k)
-                    renamed = True
-            if renamed:
-                logging.getLogger(__name__).warning(
-                    f"Weight format of {self.__class__.__name__} has changed: moved the pixel decoder's "
-                    "weights under 'pixel_decoder.'. Please upgrade your checkpoint."
-                )
+        move_pixel_decoder_weights(self, state_dict, prefix, local_metadata)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
