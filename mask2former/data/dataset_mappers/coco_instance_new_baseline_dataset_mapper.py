@@ -1,19 +1,12 @@
-import copy
-import logging
-
 import numpy as np
 import torch
 
-from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
 from detectron2.structures import BitMasks
 
 from .common import (
+    LargeScaleJitterDatasetMapper,
     annotation_masks,
-    image_to_tensor,
     instances_from_masks,
-    large_scale_jitter_augmentations,
     transformed_annotations,
 )
 
@@ -30,7 +23,7 @@ def valid_region(transforms, image_shape):
     return transforms.apply_segmentation(np.ones(image_shape, dtype=np.uint8)) == 1
 
 
-class COCOInstanceNewBaselineDatasetMapper:
+class COCOInstanceNewBaselineDatasetMapper(LargeScaleJitterDatasetMapper):
     """
     Large-scale-jitter mapper for instance segmentation (DETR-style, used by the COCO instance
     configs): flip (``INPUT.RANDOM_FLIP``), resize by a random factor in
@@ -41,34 +34,9 @@ class COCOInstanceNewBaselineDatasetMapper:
     the masks); objects that the crop removes are dropped. Polygons, RLE and array masks work.
     """
 
-    @configurable
-    def __init__(self, is_train=True, *, tfm_gens, image_format):
-        self.tfm_gens = tfm_gens
-        self.img_format = image_format
-        self.is_train = is_train
-        logging.getLogger(__name__).info(
-            f"[{self.__class__.__name__}] Full TransformGens used in training: {self.tfm_gens}"
-        )
-
-    @classmethod
-    def from_config(cls, cfg, is_train=True):
-        if not is_train:
-            raise ValueError(f"{cls.__name__} builds training augmentations only.")
-        return {
-            "is_train": is_train,
-            "tfm_gens": large_scale_jitter_augmentations(cfg),
-            "image_format": cfg.INPUT.FORMAT,
-        }
-
     def __call__(self, dataset_dict):
-        dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.img_format)
-        utils.check_image_size(dataset_dict, image)
-        original_shape = image.shape[:2]
-        image, transforms = T.apply_transform_gens(self.tfm_gens, image)
-        image_shape = image.shape[:2]
+        dataset_dict, transforms, original_shape, image_shape = self._read_and_augment(dataset_dict)
         valid = valid_region(transforms, original_shape)
-        dataset_dict["image"] = image_to_tensor(image)
         dataset_dict["padding_mask"] = torch.as_tensor(np.ascontiguousarray(~valid))
 
         if not self.is_train:

@@ -1,8 +1,12 @@
 """Steps shared by the dataset mappers."""
+import copy
+import logging
+
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
@@ -46,6 +50,45 @@ def large_scale_jitter_augmentations(cfg):
         T.FixedSizeCrop(crop_size=(size, size)),
     ]
     return augmentations
+
+
+class LargeScaleJitterDatasetMapper:
+    """
+    What the large-scale-jitter ("new baseline") mappers share: their configuration (training
+    only, :func:`large_scale_jitter_augmentations`) and the reading and augmenting of the image.
+    """
+
+    @configurable
+    def __init__(self, is_train=True, *, tfm_gens, image_format):
+        self.tfm_gens = tfm_gens
+        self.img_format = image_format
+        self.is_train = is_train
+        logging.getLogger(type(self).__module__).info(
+            f"[{self.__class__.__name__}] Full TransformGens used in training: {self.tfm_gens}"
+        )
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        if not is_train:
+            raise ValueError(f"{cls.__name__} builds training augmentations only.")
+        return {
+            "is_train": is_train,
+            "tfm_gens": large_scale_jitter_augmentations(cfg),
+            "image_format": cfg.INPUT.FORMAT,
+        }
+
+    def _read_and_augment(self, dataset_dict):
+        """
+        Returns a deep copy of `dataset_dict` with the augmented ``image`` tensor, the transforms,
+        and the (H, W) of the image before and after them.
+        """
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.img_format)
+        utils.check_image_size(dataset_dict, image)
+        original_shape = image.shape[:2]
+        image, transforms = T.apply_transform_gens(self.tfm_gens, image)
+        dataset_dict["image"] = image_to_tensor(image)
+        return dataset_dict, transforms, original_shape, image.shape[:2]
 
 
 def padding_to_divisible(height, width, divisibility):
