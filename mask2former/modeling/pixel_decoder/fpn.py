@@ -17,7 +17,11 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
-from ..transformer_decoder.transformer import TransformerEncoder, TransformerEncoderLayer
+from ..transformer_decoder.transformer import (
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    xavier_init_matrices,
+)
 
 __all__ = [
     "build_pixel_decoder",
@@ -187,9 +191,7 @@ class TransformerEncoderOnly(nn.Module):
         )
         encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
         self.encoder = TransformerEncoder(encoder_layer, num_encoder_layers, encoder_norm)
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_matrices(self)
         self.d_model = d_model
         self.nhead = nhead
 

@@ -14,6 +14,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
+from ..transformer_decoder.transformer import activation_fn, xavier_init_matrices
 from .fpn import build_fpn_level_convs, select_input_shapes
 from .ops.modules import MSDeformAttn
 
@@ -28,13 +29,6 @@ _ENCODER_N_POINTS = 4
 _NUM_MULTI_SCALE_LEVELS = 3
 
 
-def _activation(name):
-    activations = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
-    if name not in activations:
-        raise ValueError(f"activation should be one of {sorted(activations)}, not {name!r}")
-    return activations[name]
-
-
 class MSDeformAttnTransformerEncoderLayer(nn.Module):
     def __init__(
         self, d_model=256, d_ffn=1024, dropout=0.1, activation="relu", n_levels=4, n_heads=8, n_points=4
@@ -45,7 +39,7 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
 
         self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         self.dropout2 = nn.Dropout(dropout)
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.dropout3 = nn.Dropout(dropout)
@@ -119,9 +113,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self):
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_matrices(self)
         for m in self.modules():
             if isinstance(m, MSDeformAttn):
                 m._reset_parameters()

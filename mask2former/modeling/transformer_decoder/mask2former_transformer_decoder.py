@@ -9,16 +9,19 @@ Tensors inside the decoder are sequence-first, (L, N, C), as in the official imp
 """
 import logging
 
-import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d
 
-from .maskformer_transformer_decoder import MLP, TRANSFORMER_DECODER_REGISTRY
+from .maskformer_transformer_decoder import (
+    MLP,
+    TRANSFORMER_DECODER_REGISTRY,
+    build_input_projection,
+)
 from .position_encoding import PositionEmbeddingSine
+from .transformer import with_pos_embed, xavier_init_matrices
 
 __all__ = [
     "SelfAttentionLayer",
@@ -28,16 +31,6 @@ __all__ = [
 ]
 
 
-def _with_pos_embed(tensor, pos):
-    return tensor if pos is None else tensor + pos
-
-
-def _xavier_init_matrices(module):
-    for p in module.parameters():
-        if p.dim() > 1:
-            nn.init.xavier_uniform_(p)
-
-
 class SelfAttentionLayer(nn.Module):
     def __init__(self, d_model, nhead, dropout=0.0, normalize_before=False):
         super().__init__()
@@ -45,17 +38,17 @@ class SelfAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.normalize_before = normalize_before
-        _xavier_init_matrices(self)
+        xavier_init_matrices(self)
 
     def forward(self, tgt, tgt_mask=None, tgt_key_padding_mask=None, query_pos=None):
         if self.normalize_before:
             tgt2 = self.norm(tgt)
-            q = k = _with_pos_embed(tgt2, query_pos)
+            q = k = with_pos_embed(tgt2, query_pos)
             tgt2 = self.self_attn(
                 q, k, value=tgt2, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask
             )[0]
             return tgt + self.dropout(tgt2)
-        q = k = _with_pos_embed(tgt, query_pos)
+        q = k = with_pos_embed(tgt, query_pos)
         tgt2 = self.self_attn(q, k, value=tgt, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
         return self.norm(tgt + self.dropout(tgt2))
 
@@ -67,14 +60,14 @@ class CrossAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.normalize_before = normalize_before
-        _xavier_init_matrices(self)
+        xavier_init_matrices(self)
 
     def forward(self, tgt, memory, memory_mask=None, memory_key_padding_mask=None, pos=None, query_pos=None):
         """`memory_mask`: (N * nhead, Q, S) bool, True where a query may not attend."""
         query = self.norm(tgt) if self.normalize_before else tgt
         tgt2 = self.multihead_attn(
-            query=_with_pos_embed(query, query_pos),
-            key=_with_pos_embed(memory, pos),
+            query=with_pos_embed(query, query_pos),
+            key=with_pos_embed(memory, pos),
             value=memory,
             attn_mask=memory_mask,
             key_padding_mask=memory_key_padding_mask,
@@ -91,7 +84,7 @@ class FFNLayer(nn.Module):
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.normalize_before = normalize_before
-        _xavier_init_matrices(self)
+        xavier_init_matrices(self)
 
     def forward(self, tgt):
         x = self.norm(tgt) if self.normalize_before else tgt
@@ -178,13 +171,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
         self.num_feature_levels = 3
         self.level_embed = nn.Embedding(self.num_feature_levels, hidden_dim)
-        self.input_proj = nn.ModuleList()
-        for _ in range(self.num_feature_levels):
-            if in_channels != hidden_dim or enforce_input_project:
-                self.input_proj.append(Conv2d(in_channels, hidden_dim, kernel_size=1))
-                weight_init.c2_xavier_fill(self.input_proj[-1])
-            else:
-                self.input_proj.append(nn.Sequential())
+        self.input_proj = nn.ModuleList(
+            build_input_projection(in_channels, hidden_dim, enforce_input_project)
+            for _ in range(self.num_feature_levels)
+        )
 
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)

@@ -26,6 +26,16 @@ def build_transformer_decoder(cfg, in_channels, mask_classification=True):
     return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, mask_classification)
 
 
+def build_input_projection(in_channels, hidden_dim, enforce_input_project):
+    """The 1x1 conv that brings a decoder's input features to `hidden_dim` channels; an identity
+    where they already have that many and MASK_FORMER.ENFORCE_INPUT_PROJ is off."""
+    if in_channels != hidden_dim or enforce_input_project:
+        projection = Conv2d(in_channels, hidden_dim, kernel_size=1)
+        weight_init.c2_xavier_fill(projection)
+        return projection
+    return nn.Sequential()
+
+
 class MLP(nn.Module):
     """Linear layers with ReLU between them (not after the last)."""
 
@@ -84,11 +94,7 @@ class StandardTransformerDecoder(nn.Module):
         self.num_queries = num_queries
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
 
-        if in_channels != hidden_dim or enforce_input_project:
-            self.input_proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
-            weight_init.c2_xavier_fill(self.input_proj)
-        else:
-            self.input_proj = nn.Sequential()
+        self.input_proj = build_input_projection(in_channels, hidden_dim, enforce_input_project)
         self.aux_loss = deep_supervision
 
         if self.mask_classification:

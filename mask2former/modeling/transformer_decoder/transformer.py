@@ -12,15 +12,24 @@ from torch import nn
 __all__ = ["Transformer", "TransformerEncoder", "TransformerDecoder"]
 
 
-def _activation(name):
+def activation_fn(name):
+    """The activation function named by a transformer layer's `activation` argument."""
     activations = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
     if name not in activations:
         raise ValueError(f"activation should be one of {sorted(activations)}, not {name!r}")
     return activations[name]
 
 
-def _with_pos_embed(tensor, pos):
+def with_pos_embed(tensor, pos):
     return tensor if pos is None else tensor + pos
+
+
+def xavier_init_matrices(module):
+    """Xavier-uniform initialisation of every weight matrix of `module` (biases and norms keep
+    PyTorch's defaults), as the DETR-style transformers initialise themselves."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
 
 
 def _clones(module, n):
@@ -40,7 +49,7 @@ class TransformerEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         self.normalize_before = normalize_before
 
     def _ffn(self, x):
@@ -49,13 +58,13 @@ class TransformerEncoderLayer(nn.Module):
     def forward(self, src, src_mask=None, src_key_padding_mask=None, pos=None):
         if self.normalize_before:
             src2 = self.norm1(src)
-            q = k = _with_pos_embed(src2, pos)
+            q = k = with_pos_embed(src2, pos)
             src2 = self.self_attn(
                 q, k, value=src2, attn_mask=src_mask, key_padding_mask=src_key_padding_mask
             )[0]
             src = src + self.dropout1(src2)
             return src + self.dropout2(self._ffn(self.norm2(src)))
-        q = k = _with_pos_embed(src, pos)
+        q = k = with_pos_embed(src, pos)
         src2 = self.self_attn(q, k, value=src, attn_mask=src_mask, key_padding_mask=src_key_padding_mask)[0]
         src = self.norm1(src + self.dropout1(src2))
         return self.norm2(src + self.dropout2(self._ffn(src)))
@@ -77,7 +86,7 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         self.normalize_before = normalize_before
 
     def _ffn(self, x):
@@ -96,27 +105,27 @@ class TransformerDecoderLayer(nn.Module):
     ):
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
-            q = k = _with_pos_embed(tgt2, query_pos)
+            q = k = with_pos_embed(tgt2, query_pos)
             tgt2 = self.self_attn(
                 q, k, value=tgt2, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask
             )[0]
             tgt = tgt + self.dropout1(tgt2)
             tgt2 = self.norm2(tgt)
             tgt2 = self.multihead_attn(
-                query=_with_pos_embed(tgt2, query_pos),
-                key=_with_pos_embed(memory, pos),
+                query=with_pos_embed(tgt2, query_pos),
+                key=with_pos_embed(memory, pos),
                 value=memory,
                 attn_mask=memory_mask,
                 key_padding_mask=memory_key_padding_mask,
             )[0]
             tgt = tgt + self.dropout2(tgt2)
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
-        q = k = _with_pos_embed(tgt, query_pos)
+        q = k = with_pos_embed(tgt, query_pos)
         tgt2 = self.self_attn(q, k, value=tgt, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
         tgt = self.norm1(tgt + self.dropout1(tgt2))
         tgt2 = self.multihead_attn(
-            query=_with_pos_embed(tgt, query_pos),
-            key=_with_pos_embed(memory, pos),
+            query=with_pos_embed(tgt, query_pos),
+            key=with_pos_embed(memory, pos),
             value=memory,
             attn_mask=memory_mask,
             key_padding_mask=memory_key_padding_mask,
@@ -221,9 +230,7 @@ class Transformer(nn.Module):
         self.nhead = nhead
 
     def _reset_parameters(self):
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_matrices(self)
 
     def forward(self, src, mask, query_embed, pos_embed):
         """
