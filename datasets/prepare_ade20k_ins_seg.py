@@ -26,6 +26,10 @@ from PIL import Image
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
+from mask2former.data.datasets.ade20k_instance_labels import (  # noqa: E402
+    instance_to_semantic_class,
+    read_ade20k_instances,
+)
 from mask2former.data.datasets.categories import ade20k_instance_categories  # noqa: E402
 
 SPLITS = [("train", "training"), ("val", "validation")]
@@ -35,29 +39,8 @@ def instance_annotations(
     instance_png: str, image_id: str, semantic_class_of: dict, first_annotation_id: int
 ) -> list:
     """COCO annotations of the instances of one image, numbered from `first_annotation_id`."""
-    if not os.path.isfile(instance_png):
-        raise FileNotFoundError(
-            f"{instance_png} does not exist "
-            f"(see the section 'ADE20K' of datasets/README.md)"
-        )
-    labels = np.asarray(Image.open(instance_png))
-    if labels.dtype != np.uint8 or labels.ndim != 3:
-        raise ValueError(
-            f"{instance_png}: expected an 8-bit RGB instance label, "
-            f"found {labels.dtype} {labels.shape}"
-        )
-    instance_classes, instance_indices = labels[..., 0], labels[..., 1]
     annotations = []
-    for instance_index in np.unique(instance_indices):
-        if instance_index == 0:
-            continue
-        mask = instance_indices == instance_index
-        classes = np.unique(instance_classes[mask])
-        if len(classes) != 1 or int(classes[0]) not in semantic_class_of:
-            raise ValueError(
-                f"{instance_png}: instance {instance_index} has class value(s) {classes.tolist()} "
-                f"in the R channel; expected exactly one instance class in 1-100"
-            )
+    for mask, category_id in read_ade20k_instances(instance_png, semantic_class_of):
         rows, cols = np.nonzero(mask)
         rle = mask_util.encode(np.asfortranarray(mask[:, :, None], dtype=np.uint8))[0]
         rle["counts"] = rle["counts"].decode("utf-8")
@@ -66,7 +49,7 @@ def instance_annotations(
                 "id": first_annotation_id + len(annotations),
                 "image_id": image_id,
                 "iscrowd": 0,
-                "category_id": semantic_class_of[int(classes[0])],
+                "category_id": category_id,
                 "bbox": [
                     int(cols.min()),
                     int(rows.min()),
@@ -91,9 +74,8 @@ def convert_split(dataset_dir: str, name: str, dirname: str) -> dict:
             f"(see the section 'ADE20K' of datasets/README.md)"
         )
 
-    instance_categories = ade20k_instance_categories()
-    semantic_class_of = {c["instance_id"]: c["ade20k_150_id"] for c in instance_categories}
-    categories = [{"id": c["ade20k_150_id"], "name": c["name"]} for c in instance_categories]
+    semantic_class_of = instance_to_semantic_class()
+    categories = [{"id": c["ade20k_150_id"], "name": c["name"]} for c in ade20k_instance_categories()]
 
     images, annotations = [], []
     image_paths = sorted(glob.glob(os.path.join(image_dir, "*.jpg")))

@@ -29,10 +29,11 @@ from PIL import Image
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
-from mask2former.data.datasets.categories import (  # noqa: E402
-    ade20k_150_categories,
-    ade20k_instance_categories,
+from mask2former.data.datasets.ade20k_instance_labels import (  # noqa: E402
+    instance_to_semantic_class,
+    read_ade20k_instances,
 )
+from mask2former.data.datasets.categories import ade20k_150_categories  # noqa: E402
 
 SPLITS = [("train", "training"), ("val", "validation")]
 
@@ -48,11 +49,6 @@ def panoptic_categories() -> list:
     for category in categories:
         category["color"] = _PANOPTIC_COLOR_OVERRIDES.get(category["id"], category["color"])
     return categories
-
-
-def instance_to_semantic_class() -> dict:
-    """Instance class (R channel of annotations_instance, 1-100) -> ADE20K-150 class index."""
-    return {c["instance_id"]: c["ade20k_150_id"] for c in ade20k_instance_categories()}
 
 
 def _bbox(mask: np.ndarray) -> list:
@@ -84,8 +80,6 @@ def make_panoptic_annotation(
             f"{semantic_png}: raw label values {[v + 1 for v in unknown]} "
             f"are not ADE20K classes (1-150)"
         )
-    instances = _read_uint8(instance_png)
-    instance_classes, instance_indices = instances[..., 0], instances[..., 1]
     id_generator = IdGenerator(categories)
     panoptic = np.zeros(semantic_classes.shape + (3,), dtype=np.uint8)
     segments = []
@@ -108,17 +102,8 @@ def make_panoptic_annotation(
         if category_id != 255 and not categories[int(category_id)]["isthing"]:
             add_segment(semantic_classes == category_id, int(category_id))
 
-    for instance_index in np.unique(instance_indices):
-        if instance_index == 0:  # 0 marks pixels without an instance
-            continue
-        mask = instance_indices == instance_index
-        classes = np.unique(instance_classes[mask])
-        if len(classes) != 1 or int(classes[0]) not in semantic_class_of:
-            raise ValueError(
-                f"{instance_png}: instance {instance_index} has class value(s) {classes.tolist()} "
-                f"in the R channel; expected exactly one instance class in 1-100"
-            )
-        add_segment(mask, semantic_class_of[int(classes[0])])
+    for mask, category_id in read_ade20k_instances(instance_png, semantic_class_of):
+        add_segment(mask, category_id)
     return panoptic, segments
 
 
