@@ -6,9 +6,9 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-from .catalog import require_first_record_files, require_paths
+from .catalog import register_dataset, require_first_record_files, require_paths
 
-__all__ = ["load_panoptic_json_with_sem_seg", "panoptic_metadata"]
+__all__ = ["load_panoptic_json_with_sem_seg", "panoptic_metadata", "register_panoptic_with_sem_seg"]
 
 
 def panoptic_metadata(
@@ -114,3 +114,52 @@ def load_panoptic_json_with_sem_seg(
         readme_section,
     )
     return records
+
+
+def register_panoptic_with_sem_seg(
+    name: str,
+    root: str,
+    readme_section: str,
+    metadata: dict,
+    image_root: str,
+    panoptic_root: str,
+    semantic_root: str,
+    panoptic_json: str,
+    instances_json: Optional[str],
+    *,
+    evaluator_type: str,
+    ignore_label: int,
+    integer_image_ids: bool,
+    made_by: Optional[Dict[str, str]] = None,
+    **extra_metadata,
+) -> None:
+    """
+    Register a dataset read by :func:`load_panoptic_json_with_sem_seg` (see there for
+    `integer_image_ids` and `made_by`), with `metadata` (:func:`panoptic_metadata`), the files
+    and settings its evaluators read, and `extra_metadata`. `root` and `readme_section` are only
+    named in the error for missing files.
+    """
+    register_dataset(
+        name,
+        lambda: load_panoptic_json_with_sem_seg(
+            name,
+            root,
+            readme_section,
+            panoptic_json,
+            image_root,
+            panoptic_root,
+            semantic_root,
+            metadata,
+            integer_image_ids=integer_image_ids,
+            made_by=made_by,
+        ),
+        panoptic_root=panoptic_root,
+        image_root=image_root,
+        panoptic_json=panoptic_json,
+        json_file=instances_json,
+        evaluator_type=evaluator_type,
+        ignore_label=ignore_label,
+        label_divisor=1000,
+        **extra_metadata,
+        **metadata,
+    )

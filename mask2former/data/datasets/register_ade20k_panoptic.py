@@ -1,9 +1,9 @@
 """ADE20K panoptic (150 classes, 100 things): `ade20k_panoptic_{train,val}`."""
 import os
 
-from .catalog import datasets_root, register_dataset
+from .catalog import datasets_root
 from .categories import ade20k_150_categories
-from .panoptic_json import load_panoptic_json_with_sem_seg, panoptic_metadata
+from .panoptic_json import panoptic_metadata, register_panoptic_with_sem_seg
 
 __all__ = [
     "ADE20K_150_CATEGORIES",
@@ -57,32 +57,24 @@ def register_ade20k_panoptic(
 ):
     """`root` (default: $DETECTRON2_DATASETS) is only named in the error for missing files."""
     root = datasets_root() if root is None else root
-    register_dataset(
+    register_panoptic_with_sem_seg(
         name,
-        lambda: load_panoptic_json_with_sem_seg(
-            name,
-            root,
-            README_SECTION,
-            panoptic_json,
-            image_root,
-            panoptic_root,
-            semantic_root,
-            metadata,
-            integer_image_ids=False,
-            made_by={
-                "json": "datasets/prepare_ade20k_pan_seg.py",
-                "panoptic": "datasets/prepare_ade20k_pan_seg.py",
-                "sem_seg": "datasets/prepare_ade20k_sem_seg.py",
-            },
-        ),
-        panoptic_root=panoptic_root,
-        image_root=image_root,
-        panoptic_json=panoptic_json,
-        json_file=instances_json,
+        root,
+        README_SECTION,
+        metadata,
+        image_root,
+        panoptic_root,
+        semantic_root,
+        panoptic_json,
+        instances_json,
         evaluator_type="ade20k_panoptic_seg",
         ignore_label=255,
-        label_divisor=1000,
-        **metadata,
+        integer_image_ids=False,
+        made_by={
+            "json": "datasets/prepare_ade20k_pan_seg.py",
+            "panoptic": "datasets/prepare_ade20k_pan_seg.py",
+            "sem_seg": "datasets/prepare_ade20k_sem_seg.py",
+        },
     )
 
 

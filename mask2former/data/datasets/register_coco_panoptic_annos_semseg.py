@@ -8,8 +8,8 @@ import os
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-from .catalog import datasets_root, register_dataset
-from .panoptic_json import load_panoptic_json_with_sem_seg, panoptic_metadata
+from .catalog import datasets_root
+from .panoptic_json import panoptic_metadata, register_panoptic_with_sem_seg
 
 __all__ = [
     "get_metadata",
@@ -69,29 +69,21 @@ def register_coco_panoptic_annos_sem_seg(
         builtin.set(thing_classes=metadata["thing_classes"], thing_colors=metadata["thing_colors"])
 
     semantic_name = name + "_with_sem_seg"
-    register_dataset(
+    register_panoptic_with_sem_seg(
         semantic_name,
-        lambda: load_panoptic_json_with_sem_seg(
-            semantic_name,
-            root,
-            README_SECTION,
-            panoptic_json,
-            image_root,
-            panoptic_root,
-            sem_seg_root,
-            metadata,
-            integer_image_ids=True,
-            made_by={"sem_seg": "datasets/prepare_coco_semantic_annos_from_panoptic_annos.py"},
-        ),
-        sem_seg_root=sem_seg_root,
-        panoptic_root=panoptic_root,
-        image_root=image_root,
-        panoptic_json=panoptic_json,
-        json_file=instances_json,
+        root,
+        README_SECTION,
+        metadata,
+        image_root,
+        panoptic_root,
+        sem_seg_root,
+        panoptic_json,
+        instances_json,
         evaluator_type="coco_panoptic_seg",
         ignore_label=255,
-        label_divisor=1000,
-        **metadata,
+        integer_image_ids=True,
+        made_by={"sem_seg": "datasets/prepare_coco_semantic_annos_from_panoptic_annos.py"},
+        sem_seg_root=sem_seg_root,
     )
 
 

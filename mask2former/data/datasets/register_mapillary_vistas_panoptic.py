@@ -1,9 +1,9 @@
 """Mapillary Vistas v1.2 panoptic (65 classes): `mapillary_vistas_panoptic_{train,val}`."""
 import os
 
-from .catalog import datasets_root, register_dataset
+from .catalog import datasets_root
 from .categories import mapillary_vistas_categories
-from .panoptic_json import load_panoptic_json_with_sem_seg, panoptic_metadata
+from .panoptic_json import panoptic_metadata, register_panoptic_with_sem_seg
 
 __all__ = [
     "MAPILLARY_VISTAS_SEM_SEG_CATEGORIES",
@@ -51,28 +51,20 @@ def register_mapillary_vistas_panoptic(
 ):
     """`root` (default: $DETECTRON2_DATASETS) is only named in the error for missing files."""
     root = datasets_root() if root is None else root
-    register_dataset(
+    register_panoptic_with_sem_seg(
         name,
-        lambda: load_panoptic_json_with_sem_seg(
-            name,
-            root,
-            README_SECTION,
-            panoptic_json,
-            image_root,
-            panoptic_root,
-            semantic_root,
-            metadata,
-            integer_image_ids=False,
-        ),
-        panoptic_root=panoptic_root,
-        image_root=image_root,
-        panoptic_json=panoptic_json,
-        json_file=instances_json,
+        root,
+        README_SECTION,
+        metadata,
+        image_root,
+        panoptic_root,
+        semantic_root,
+        panoptic_json,
+        instances_json,
         evaluator_type="mapillary_vistas_panoptic_seg",
         # Mapillary Vistas marks unlabeled pixels with 65, not 255.
         ignore_label=65,
-        label_divisor=1000,
-        **metadata,
+        integer_image_ids=False,
     )
 
 
