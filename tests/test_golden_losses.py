@@ -153,13 +153,22 @@ def test_point_losses_from_recorded_point_values(golden, name):
     )
 
 
-@pytest.mark.slow
-def test_full_model_training_forward_losses_and_gradients(golden):
-    """End to end: image -> MaskFormer.forward (train) -> weighted losses -> gradients.
+def _msda_cpu_backends():
+    from mask2former.modeling.pixel_decoder.ops import backend
 
-    The reference ran multi-scale deformable attention through its pure-PyTorch (grid_sample)
-    path, so that path is used here: at this initialisation many sampling locations sit exactly
-    on bilinear kinks, where another kernel may legitimately pick the other one-sided gradient.
+    return [name for name in backend.available_backends() if name in ("cpu", "pytorch")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("msda_backend", _msda_cpu_backends())
+def test_full_model_training_forward_losses_and_gradients(golden, msda_backend):
+    """End to end: image -> MaskFormer.forward (train) -> weighted losses -> gradients, with each
+    multi-scale deformable attention path this machine can run on CPU.
+
+    The reference ran that op through its pure-PyTorch (grid_sample) path. At this initialisation
+    many sampling locations sit exactly on bilinear kinks, where the one-sided gradient depends on
+    the last bit of the pixel coordinate: the CPU kernel rounds it exactly as grid_sample does, so
+    it must reproduce the recorded gradients too.
     """
     from detectron2.structures import Instances
 
@@ -175,7 +184,7 @@ def test_full_model_training_forward_losses_and_gradients(golden):
     instances.gt_masks = losses["targets"]["masks"]
 
     torch.manual_seed(losses["rng"]["seed"])
-    with backend.use_backend("pytorch"):
+    with backend.use_backend(msda_backend):
         loss_dict = model([{"image": image, "instances": instances}])
         total = sum(loss_dict.values())
         total.backward()

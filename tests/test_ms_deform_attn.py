@@ -223,6 +223,86 @@ def test_cpu_kernel_backward_matches_pytorch_autograd(cpu_isa):
         torch.testing.assert_close(kernel_grad, reference_grad, rtol=1e-9, atol=1e-9)
 
 
+def pixel_centre_kink_case(dtype):
+    """Sampling locations as the pixel decoder's encoder makes them at initialisation on a token's own
+    level: a pixel centre (linspace(0.5, size - 0.5) / size, computed in `dtype`) plus whole-pixel
+    offsets of up to 3 pixels in 8 directions, divided by the level's size. Query q samples around
+    pixel q (modulo the level's area) on every level. Every pixel coordinate location * size - 0.5
+    is then an integer up to rounding, i.e. on a kink of the bilinear interpolation, and some are
+    exactly -1 (the outer edge of the first pixel)."""
+    g = torch.Generator().manual_seed(11)
+    level_shapes = [(6, 7), (3, 4), (2, 2)]
+    shapes = torch.tensor(level_shapes)
+    areas = shapes[:, 0] * shapes[:, 1]
+    starts = torch.cumsum(areas, 0) - areas
+    centres = []
+    for height, width in level_shapes:
+        y, x = torch.meshgrid(
+            torch.linspace(0.5, height - 0.5, height, dtype=dtype),
+            torch.linspace(0.5, width - 0.5, width, dtype=dtype),
+            indexing="ij",
+        )
+        centres.append(torch.stack((x.reshape(-1) / width, y.reshape(-1) / height), -1))
+    queries = centres[0].shape[0]
+    reference_points = torch.stack([level_centres[torch.arange(queries) % len(level_centres)] for level_centres in centres], 1)
+    directions = torch.tensor([[1, 0], [1, 1], [0, 1], [-1, 1], [-1, 0], [-1, -1], [0, -1], [1, -1]], dtype=dtype)
+    steps = torch.arange(1, 4, dtype=dtype)
+    offsets = directions[:, None, :] * steps[None, :, None]  # (heads=8, points=3, 2) in pixels
+    sizes = torch.stack([shapes[:, 1], shapes[:, 0]], -1).to(dtype)  # (L, 2) as (W, H)
+    locations = reference_points[None, :, None, :, None, :] + offsets[None, None, :, None, :, :] / sizes[:, None, :]
+    heads, levels, points = 8, len(level_shapes), 3
+    value = torch.randn(1, int(areas.sum()), heads, 4, generator=g, dtype=dtype)
+    weights = torch.rand(1, queries, heads, levels, points, generator=g, dtype=dtype)
+    grad_output = torch.randn(1, queries, heads * 4, generator=g, dtype=dtype)
+    return value, shapes, starts, locations.contiguous(), weights, grad_output
+
+
+@requires_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_kernel_gradients_at_pixel_centre_kinks_match_grid_sample(dtype, cpu_isa):
+    """At a kink the gradient w.r.t. the sampling location is one-sided, and which side depends on
+    the last bit of the pixel coordinate: the kernel must round it as grid_sample does, whatever
+    this PyTorch build does (fused multiply-add or not), including at the edges (coordinate -1)."""
+    value, shapes, starts, locations, weights, grad_output = pixel_centre_kink_case(dtype)
+    sizes = torch.stack([shapes[:, 1], shapes[:, 0]], -1).to(dtype)[:, None, :]
+    pixel = locations * sizes - 0.5
+    assert bool(((pixel - pixel.round()).abs() < 1e-4).all()), "the case must sample at kinks only"
+    assert bool((pixel.round() == -1).any()) and bool(((pixel.round() >= 0) & (pixel.round() < sizes - 1)).any())
+
+    results = []
+    for compute in (
+        lambda v, loc, w: run_kernel(v, shapes, starts, loc, w),
+        lambda v, loc, w: ms_deform_attn_core_pytorch(v, shapes, loc, w),
+    ):
+        inputs = [t.clone().requires_grad_() for t in (value, locations, weights)]
+        out = compute(*inputs)
+        results.append([out.detach(), *torch.autograd.grad(out, inputs, grad_output)])
+    (out, grad_value, grad_loc, grad_weights), expected = results[0], results[1]
+    # A gradient from the wrong side of a kink differs by O(1); rounding alone stays within a few ulps.
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_loc, expected[2], **tol)
+    torch.testing.assert_close(out, expected[0], **tol)
+    torch.testing.assert_close(grad_value, expected[1], **tol)
+    torch.testing.assert_close(grad_weights, expected[3], **tol)
+
+
+@requires_cpu_kernel
+def test_cpu_kernel_follows_grid_sample_of_baseline_pytorch_build():
+    """PyTorch's AVX2/AVX512 grid_sample rounds its pixel coordinate with a fused multiply-add and
+    its baseline build does not. Where this process runs a vectorised build, check the kink test in a
+    process forced to the baseline (ATEN_CPU_CAPABILITY=default) too."""
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("this process already runs PyTorch's baseline CPU kernels")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1", ATEN_CPU_CAPABILITY="default")
+    test = "{}::test_cpu_kernel_gradients_at_pixel_centre_kinks_match_grid_sample".format(os.path.abspath(__file__))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
 @requires_cpu_kernel
 def test_cpu_kernel_many_samples_per_query(cpu_isa):
     # 4 levels x 20 points = 80 samples per query and head, more than the kernel gathers at once (64).

@@ -6,6 +6,8 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
 #include <atomic>
@@ -32,7 +34,24 @@ struct Level {
 
 struct Problem {
   int64_t batch, num_values, heads, channels, queries, levels, points;
+  bool fused_coordinates;  // see pixel_coordinate in ms_deform_attn_cpu_kernels.h
 };
+
+// Returns v rounded to its type at this point: the empty asm claims to change v in its register, so
+// the compiler cannot fuse the multiplication that produced v with a following addition into an FMA
+// (GCC does that by default when FMA is available), which would round differently.
+template <typename scalar_t>
+inline scalar_t rounded_here(scalar_t v) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm("" : "+x"(v));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  asm("" : "+w"(v));
+#else
+  volatile scalar_t opaque = v;
+  v = opaque;
+#endif
+  return v;
+}
 
 // Batches are processed im2col_step images at a time, as upstream's CUDA kernel does.
 template <typename F>
@@ -148,9 +167,60 @@ std::vector<Level> read_levels(const at::Tensor& spatial_shapes, const at::Tenso
   return levels;
 }
 
+// Whether grid_sample on CPU computes its pixel coordinate (g + 1) * (size / 2) - 0.5 with a fused
+// multiply-add. PyTorch's vectorised grid_sample kernels are compiled per instruction set: its AVX2
+// and AVX512 builds fuse, its baseline build does not, and which one runs depends on the CPU and on
+// ATEN_CPU_CAPABILITY. So ask grid_sample itself, once per dtype: sample a one-row map holding 1 at
+// column floor(x) + 1 and 0 elsewhere at a grid value where the two roundings of x differ; the
+// result is exactly the fractional part of grid_sample's x.
+template <typename scalar_t>
+bool probe_grid_sample_fuses_coordinates() {
+  constexpr int64_t kWidth = 5;
+  const scalar_t half_width = static_cast<scalar_t>(kWidth) / 2;
+  // Just above g + 1 = 1.6 the product (g + 1) * 2.5 is just above 4 and x just above 3.5, where a
+  // float's spacing halves: rounding the product first loses the last bit that the FMA keeps.
+  scalar_t shifted = scalar_t(1.6), fused = 0, separate = 0;
+  for (int step = 0; step < 64; ++step, shifted = std::nextafter(shifted, scalar_t(2))) {
+    fused = std::fma(shifted, half_width, scalar_t(-0.5));
+    separate = rounded_here(shifted * half_width) - scalar_t(0.5);
+    if (fused != separate && std::floor(fused) == std::floor(separate)) {
+      break;
+    }
+  }
+  const int64_t column = static_cast<int64_t>(std::floor(fused)) + 1;
+  TORCH_INTERNAL_ASSERT(fused != separate && column < kWidth, "no grid value tells the two roundings apart");
+  const scalar_t grid_x = shifted - 1;  // exact (Sterbenz), so grid_sample's g + 1 gives back `shifted`
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  at::Tensor map = at::zeros({1, 1, 1, kWidth}, options);
+  map.data_ptr<scalar_t>()[column] = 1;
+  // grid y = 0 on a one-row map is pixel row 0 under either rounding, with weight exactly 1.
+  at::Tensor grid = at::zeros({1, 1, 1, 2}, options);
+  grid.data_ptr<scalar_t>()[0] = grid_x;
+  // Autocast must not change the probe's dtype.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const scalar_t weight = at::grid_sampler_2d(map, grid, /*bilinear*/ 0, /*zeros*/ 0, /*align_corners=*/false)
+                              .data_ptr<scalar_t>()[0];
+  if (weight == fused - std::floor(fused)) {
+    return true;
+  }
+  if (weight != separate - std::floor(separate)) {
+    TORCH_WARN_ONCE(
+        "ms_deform_attn CPU kernel: grid_sample rounds its pixel coordinates in an unexpected way; the kernel's "
+        "gradients at exact pixel centres may pick the other one-sided derivative than the PyTorch path's");
+  }
+  return false;
+}
+
+template <typename scalar_t>
+bool grid_sample_fuses_coordinates() {
+  static const bool fused = probe_grid_sample_fuses_coordinates<scalar_t>();
+  return fused;
+}
+
+template <typename scalar_t>
 Problem read_problem(const at::Tensor& value, const at::Tensor& sampling_loc) {
   return {value.size(0),        value.size(1),        value.size(2),       value.size(3),
-          sampling_loc.size(1), sampling_loc.size(3), sampling_loc.size(4)};
+          sampling_loc.size(1), sampling_loc.size(3), sampling_loc.size(4), grid_sample_fuses_coordinates<scalar_t>()};
 }
 
 }  // namespace
@@ -175,10 +245,11 @@ at::Tensor ms_deform_attn_cpu_forward(
     const at::Tensor& attn_weight,
     int64_t im2col_step) {
   const std::vector<Level> levels = read_levels(spatial_shapes, level_start_index);
-  const Problem z = read_problem(value, sampling_loc);
   // Every element is written by the kernel (no need to clear the memory first).
-  at::Tensor output = at::empty({z.batch, z.queries, z.heads * z.channels}, value.options());
+  at::Tensor output = at::empty(
+      {value.size(0), sampling_loc.size(1), value.size(2) * value.size(3)}, value.options());
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_forward", [&] {
+    const Problem z = read_problem<scalar_t>(value, sampling_loc);
     const auto args = std::make_tuple(
         z, levels.data(), value.data_ptr<scalar_t>(), sampling_loc.data_ptr<scalar_t>(),
         attn_weight.data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), im2col_step);
@@ -202,12 +273,12 @@ std::vector<at::Tensor> ms_deform_attn_cpu_backward(
     const at::Tensor& grad_output,
     int64_t im2col_step) {
   const std::vector<Level> levels = read_levels(spatial_shapes, level_start_index);
-  const Problem z = read_problem(value, sampling_loc);
   at::Tensor grad_value = at::zeros_like(value);
   // grad_value is a scatter target and starts at zero; the other two are written element by element.
   at::Tensor grad_loc = at::empty_like(sampling_loc);
   at::Tensor grad_attn = at::empty_like(attn_weight);
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_backward", [&] {
+    const Problem z = read_problem<scalar_t>(value, sampling_loc);
     const auto location_args = std::make_tuple(
         z, levels.data(), value.data_ptr<scalar_t>(), sampling_loc.data_ptr<scalar_t>(),
         attn_weight.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(), grad_loc.data_ptr<scalar_t>(),

@@ -1,7 +1,7 @@
 // The loops of the CPU kernel. ms_deform_attn_cpu.cpp includes this file twice, in two namespaces:
 // once compiled for the baseline instruction set and once for AVX2+FMA, and picks one at run time.
-// Hence no include guard; Level, Problem, Simd, for_each_batch_chunk, grain_for and channel_block
-// come from the includer.
+// Hence no include guard; Level, Problem, Simd, rounded_here, for_each_batch_chunk, grain_for and
+// channel_block come from the includer.
 //
 // Work is split over (batch, query, head) items: an item reads its n_levels * n_points bilinear
 // samples of one head's D channels and writes D outputs, so the forward pass and the gradients of
@@ -10,7 +10,10 @@
 // head, channel block), whose output slices are disjoint, instead of atomics or per-thread copies.
 //
 // Sampling follows grid_sample(align_corners=False, padding_mode="zeros"): location x in [0, 1] maps
-// to pixel coordinate x * W - 0.5, and corners outside the map contribute zero.
+// to pixel coordinate x * W - 0.5, and corners outside the map contribute zero. The coordinate is
+// rounded exactly as the PyTorch path rounds it (see pixel_coordinate): at initialisation the
+// sampling locations sit exactly on pixel centres, where the bilinear interpolation has a kink and
+// the last bit of the coordinate decides which one-sided gradient a location gets.
 
 namespace MSDA_CPU_ISA {
 
@@ -22,13 +25,30 @@ struct Sample {
   scalar_t fx, fy;
 };
 
-// False when the sample lies entirely outside the map (then it contributes nothing, and neither do
-// its gradients). NaN locations compare false and are treated the same way.
+// The PyTorch path's pixel coordinate of `loc` along a side of `size` pixels, bit for bit: it turns
+// the location into grid_sample's grid value g = 2 * loc - 1 (in scalar_t), and grid_sample computes
+// (g + 1) * (size / 2) - 0.5, with the last two operations fused into one FMA or not depending on
+// how PyTorch was built for this CPU (`fused`, found by probing grid_sample). 2 * loc is exact, so
+// fusing it with the - 1 changes nothing.
 template <typename scalar_t>
-inline bool locate(scalar_t loc_x, scalar_t loc_y, const Level& level, Sample<scalar_t>& s) {
-  const scalar_t x = loc_x * static_cast<scalar_t>(level.width) - scalar_t(0.5);
-  const scalar_t y = loc_y * static_cast<scalar_t>(level.height) - scalar_t(0.5);
-  if (!(x > scalar_t(-1) && y > scalar_t(-1) && x < static_cast<scalar_t>(level.width) &&
+inline scalar_t pixel_coordinate(scalar_t loc, int64_t size, bool fused) {
+  const scalar_t half_size = static_cast<scalar_t>(size) / 2;
+  const scalar_t shifted = (2 * loc - 1) + 1;
+  if (fused) {
+    return std::fma(shifted, half_size, scalar_t(-0.5));
+  }
+  return rounded_here(shifted * half_size) - scalar_t(0.5);
+}
+
+// False when the sample lies entirely outside the map (then it contributes nothing, and neither do
+// its gradients). NaN locations compare false and are treated the same way. A coordinate of exactly
+// -1 is inside: its value is 0, but like grid_sample it gets the one-sided gradient from the map's
+// first pixel.
+template <typename scalar_t>
+inline bool locate(scalar_t loc_x, scalar_t loc_y, const Level& level, bool fused, Sample<scalar_t>& s) {
+  const scalar_t x = pixel_coordinate(loc_x, level.width, fused);
+  const scalar_t y = pixel_coordinate(loc_y, level.height, fused);
+  if (!(x >= scalar_t(-1) && y >= scalar_t(-1) && x < static_cast<scalar_t>(level.width) &&
         y < static_cast<scalar_t>(level.height))) {
     return false;
   }
@@ -43,6 +63,17 @@ inline bool locate(scalar_t loc_x, scalar_t loc_y, const Level& level, Sample<sc
   s.corner[2] = (bottom && left) ? row1 + x0 : -1;
   s.corner[3] = (bottom && right) ? row1 + x0 + 1 : -1;
   return true;
+}
+
+// a times the bilinear weights of the four corners, the weights rounded as grid_sample rounds them.
+template <typename scalar_t>
+inline void attention_times_corner_weights(
+    scalar_t a, const Sample<scalar_t>& s, scalar_t& w0, scalar_t& w1, scalar_t& w2, scalar_t& w3) {
+  const scalar_t east = 1 - s.fx, south = 1 - s.fy;
+  w0 = a * (south * east);
+  w1 = a * (south * s.fx);
+  w2 = a * (s.fy * east);
+  w3 = a * (s.fy * s.fx);
 }
 
 // Channel rows of the four corners; corners outside the map read a row of zeros, so the channel
@@ -76,12 +107,11 @@ void forward(
           for (int64_t p = 0; p < z.points; ++p) {
             const int64_t k = l * z.points + p;
             Sample<scalar_t> s;
-            if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[l], s)) {
+            if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[l], z.fused_coordinates, s)) {
               continue;
             }
-            const scalar_t a = item_attn[k];
-            const scalar_t w0 = a * (1 - s.fy) * (1 - s.fx), w1 = a * (1 - s.fy) * s.fx;
-            const scalar_t w2 = a * s.fy * (1 - s.fx), w3 = a * s.fy * s.fx;
+            scalar_t w0, w1, w2, w3;
+            attention_times_corner_weights(item_attn[k], s, w0, w1, w2, w3);
             const scalar_t* rows[4];
             corner_rows(s, head_value, position_stride, zeros.data(), rows);
             const scalar_t* __restrict__ c0 = rows[0];
@@ -117,7 +147,7 @@ struct ItemSamples {
     count = 0;
     for (int64_t k = first; k < last; ++k) {
       Sample<scalar_t> s;
-      if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[k / z.points], s)) {
+      if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[k / z.points], z.fused_coordinates, s)) {
         continue;
       }
       corner_rows(s, head_value, position_stride, zeros, rows[count]);
@@ -241,12 +271,11 @@ void backward_value(
             for (int64_t p = 0; p < z.points; ++p) {
               const int64_t k = l * z.points + p;
               Sample<scalar_t> s;
-              if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[l], s)) {
+              if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[l], z.fused_coordinates, s)) {
                 continue;
               }
-              const scalar_t a = item_attn[k];
-              const scalar_t w[4] = {
-                  a * (1 - s.fy) * (1 - s.fx), a * (1 - s.fy) * s.fx, a * s.fy * (1 - s.fx), a * s.fy * s.fx};
+              scalar_t w[4];
+              attention_times_corner_weights(item_attn[k], s, w[0], w[1], w[2], w[3]);
               for (int i = 0; i < 4; ++i) {
                 if (s.corner[i] < 0) {
                   continue;
