@@ -1,20 +1,9 @@
-import copy
-
 import torch
 
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
 
-from .common import (
-    IMAGE_PAD_VALUE,
-    PANOPTIC_VOID,
-    image_to_tensor,
-    instances_from_masks,
-    pad,
-    padding_to_divisible,
-    read_semantic_gt,
-)
+from .common import PANOPTIC_VOID, instances_from_masks, pad, read_semantic_gt
 from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
 
 __all__ = ["MaskFormerPanopticDatasetMapper", "panoptic_ids", "panoptic_targets"]
@@ -52,16 +41,7 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
         )
 
     def __call__(self, dataset_dict):
-        self._check_training()
-        dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.img_format)
-        utils.check_image_size(dataset_dict, image)
-        if "pan_seg_file_name" not in dataset_dict:
-            raise ValueError(
-                f"Cannot find 'pan_seg_file_name' for panoptic segmentation dataset {dataset_dict['file_name']}."
-            )
-        if "annotations" in dataset_dict:
-            raise ValueError("Panoptic segmentation dataset should not have 'annotations'.")
+        dataset_dict, image = self._read_image(dataset_dict, "pan_seg_file_name", "panoptic")
         sem_seg_gt = None
         if "sem_seg_file_name" in dataset_dict:
             sem_seg_gt = read_semantic_gt(dataset_dict.pop("sem_seg_file_name"))
@@ -72,15 +52,9 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
                 f"its image is {image.shape[:2]}."
             )
 
-        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
-        transforms = T.apply_transform_gens(self.tfm_gens, aug_input)[1]
-        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
+        image, sem_seg_gt, transforms = self._augment(image, sem_seg_gt)
         ids = panoptic_ids(transforms.apply_segmentation(pan_seg_gt))
-
-        padding = padding_to_divisible(image.shape[0], image.shape[1], self.size_divisibility)
-        dataset_dict["image"] = pad(image_to_tensor(image), padding, IMAGE_PAD_VALUE)
-        if sem_seg_gt is not None:
-            dataset_dict["sem_seg"] = pad(torch.as_tensor(sem_seg_gt.astype("long")), padding, self.ignore_label)
+        padding = self._pad_image_and_sem_seg(dataset_dict, image, sem_seg_gt)
         ids = pad(ids, padding, PANOPTIC_VOID)
         classes, masks = panoptic_targets(ids, dataset_dict["segments_info"])
         dataset_dict["instances"] = instances_from_masks(tuple(ids.shape), classes, masks)

@@ -76,17 +76,42 @@ class MaskFormerSemanticDatasetMapper:
         if not self.is_train:
             raise ValueError(f"{self.__class__.__name__} is for training only; evaluate with DatasetMapper.")
 
-    def __call__(self, dataset_dict):
+    def _read_image(self, dataset_dict, label_key, task):
+        """
+        Checks the record of a `task` ("semantic" or "panoptic") segmentation dataset, whose
+        labels are in `label_key`; returns a deep copy of it and its image.
+        """
         self._check_training()
         dataset_dict = copy.deepcopy(dataset_dict)
         image = utils.read_image(dataset_dict["file_name"], format=self.img_format)
         utils.check_image_size(dataset_dict, image)
-        if "sem_seg_file_name" not in dataset_dict:
+        if label_key not in dataset_dict:
             raise ValueError(
-                f"Cannot find 'sem_seg_file_name' for semantic segmentation dataset {dataset_dict['file_name']}."
+                f"Cannot find '{label_key}' for {task} segmentation dataset {dataset_dict['file_name']}."
             )
         if "annotations" in dataset_dict:
-            raise ValueError("Semantic segmentation dataset should not have 'annotations'.")
+            raise ValueError(f"{task.capitalize()} segmentation dataset should not have 'annotations'.")
+        return dataset_dict, image
+
+    def _augment(self, image, sem_seg_gt):
+        """Returns the augmented image and label map (None stays None) and the transforms."""
+        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
+        transforms = T.apply_transform_gens(self.tfm_gens, aug_input)[1]
+        return aug_input.image, aug_input.sem_seg, transforms
+
+    def _pad_image_and_sem_seg(self, dataset_dict, image, sem_seg_gt):
+        """
+        Stores ``image`` and, unless `sem_seg_gt` is None, ``sem_seg`` in `dataset_dict`, padded
+        to a multiple of the size divisibility; returns the padding.
+        """
+        padding = padding_to_divisible(image.shape[0], image.shape[1], self.size_divisibility)
+        dataset_dict["image"] = pad(image_to_tensor(image), padding, IMAGE_PAD_VALUE)
+        if sem_seg_gt is not None:
+            dataset_dict["sem_seg"] = pad(torch.as_tensor(sem_seg_gt.astype("long")), padding, self.ignore_label)
+        return padding
+
+    def __call__(self, dataset_dict):
+        dataset_dict, image = self._read_image(dataset_dict, "sem_seg_file_name", "semantic")
         sem_seg_gt = read_semantic_gt(dataset_dict.pop("sem_seg_file_name"))
         if sem_seg_gt.shape != image.shape[:2]:
             raise ValueError(
@@ -94,17 +119,9 @@ class MaskFormerSemanticDatasetMapper:
                 f"its image is {image.shape[:2]}."
             )
 
-        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
-        T.apply_transform_gens(self.tfm_gens, aug_input)
-        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
-
-        padding = padding_to_divisible(image.shape[0], image.shape[1], self.size_divisibility)
-        image = pad(image_to_tensor(image), padding, IMAGE_PAD_VALUE)
-        sem_seg_gt = pad(torch.as_tensor(sem_seg_gt.astype("long")), padding, self.ignore_label)
-
-        dataset_dict["image"] = image
-        dataset_dict["sem_seg"] = sem_seg_gt
-        labels = sem_seg_gt.numpy()
+        image, sem_seg_gt, _ = self._augment(image, sem_seg_gt)
+        self._pad_image_and_sem_seg(dataset_dict, image, sem_seg_gt)
+        labels = dataset_dict["sem_seg"].numpy()
         classes = [c for c in np.unique(labels) if c != self.ignore_label]
         dataset_dict["instances"] = instances_from_masks(labels.shape, classes, [labels == c for c in classes])
         return dataset_dict
