@@ -127,3 +127,13 @@ def test_version_1_checkpoint_has_pixel_decoder_weights_moved(head_name, caplog)
     for k, v in source.state_dict().items():
         torch.testing.assert_close(target.state_dict()[k], v, rtol=0, atol=0, msg=k)
     assert f"Weight format of {head_name} has changed" in caplog.text
+
+
+@pytest.mark.parametrize("head_name", ["PerPixelBaselinePlusHead", "MaskFormerHead"])
+def test_transformer_encoder_feature_needs_a_pixel_decoder_with_an_encoder(head_name):
+    cfg = _cfg(head_name, "BasePixelDecoder", "transformer_encoder")
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "StandardTransformerDecoder"
+    head = build_sem_seg_head(cfg, SHAPES).eval()
+    features, _ = _inputs(h=32, w=32, batch=1)
+    with pytest.raises(ValueError, match="TRANSFORMER_IN_FEATURE='transformer_encoder' needs a pixel decoder"):
+        head(features)

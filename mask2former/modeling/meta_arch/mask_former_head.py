@@ -35,6 +35,17 @@ def move_pixel_decoder_weights(head: nn.Module, state_dict, prefix, local_metada
         )
 
 
+def require_transformer_encoder_features(transformer_encoder_features):
+    """The pixel decoder's transformer-encoder output, which TRANSFORMER_IN_FEATURE
+    'transformer_encoder' feeds to the predictor; an error where the decoder has no encoder."""
+    if transformer_encoder_features is None:
+        raise ValueError(
+            "TRANSFORMER_IN_FEATURE='transformer_encoder' needs a pixel decoder with a "
+            "transformer encoder (e.g. TransformerEncoderPixelDecoder)"
+        )
+    return transformer_encoder_features
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class MaskFormerHead(nn.Module):
     """
@@ -127,12 +138,8 @@ class MaskFormerHead(nn.Module):
         if self.transformer_in_feature == "multi_scale_pixel_decoder":
             return self.predictor(multi_scale_features, mask_features, mask)
         if self.transformer_in_feature == "transformer_encoder":
-            if transformer_encoder_features is None:
-                raise ValueError(
-                    "TRANSFORMER_IN_FEATURE='transformer_encoder' needs a pixel decoder with a "
-                    "transformer encoder (e.g. TransformerEncoderPixelDecoder)"
-                )
-            return self.predictor(transformer_encoder_features, mask_features, mask)
+            encoder_features = require_transformer_encoder_features(transformer_encoder_features)
+            return self.predictor(encoder_features, mask_features, mask)
         if self.transformer_in_feature == "pixel_embedding":
             return self.predictor(mask_features, mask_features, mask)
         return self.predictor(features[self.transformer_in_feature], mask_features, mask)

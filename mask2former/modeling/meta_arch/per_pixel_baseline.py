@@ -13,7 +13,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..pixel_decoder.fpn import build_pixel_decoder, select_input_shapes
 from ..transformer_decoder.maskformer_transformer_decoder import StandardTransformerDecoder
-from .mask_former_head import move_pixel_decoder_weights
+from .mask_former_head import move_pixel_decoder_weights, require_transformer_encoder_features
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -160,12 +160,8 @@ class PerPixelBaselinePlusHead(PerPixelBaselineHead):
     def layers(self, features):
         mask_features, transformer_encoder_features, _ = self.pixel_decoder.forward_features(features)
         if self.transformer_in_feature == "transformer_encoder":
-            if transformer_encoder_features is None:
-                raise ValueError(
-                    "TRANSFORMER_IN_FEATURE='transformer_encoder' needs a pixel decoder with a "
-                    "transformer encoder (e.g. TransformerEncoderPixelDecoder)"
-                )
-            predictions = self.predictor(transformer_encoder_features, mask_features)
+            encoder_features = require_transformer_encoder_features(transformer_encoder_features)
+            predictions = self.predictor(encoder_features, mask_features)
         else:
             predictions = self.predictor(features[self.transformer_in_feature], mask_features)
         if self.deep_supervision:
