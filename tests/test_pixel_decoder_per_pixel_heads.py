@@ -134,6 +134,6 @@ def test_transformer_encoder_feature_needs_a_pixel_decoder_with_an_encoder(head_
     cfg = _cfg(head_name, "BasePixelDecoder", "transformer_encoder")
     cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "StandardTransformerDecoder"
     head = build_sem_seg_head(cfg, SHAPES).eval()
-    features, _ = _inputs(h=32, w=32, batch=1)
+    features, _ = _inputs(batch=1)
     with pytest.raises(ValueError, match="TRANSFORMER_IN_FEATURE='transformer_encoder' needs a pixel decoder"):
         head(features)
