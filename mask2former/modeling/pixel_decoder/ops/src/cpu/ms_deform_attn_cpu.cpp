@@ -34,7 +34,7 @@ struct Level {
 
 struct Problem {
   int64_t batch, num_values, heads, channels, queries, levels, points;
-  bool fused_coordinates;  // see pixel_coordinate in ms_deform_attn_cpu_kernels.h
+  bool fused_coordinates;  // see pixel_coordinates in ms_deform_attn_cpu_kernels.h
 };
 
 // Returns v rounded to its type at this point: the empty asm claims to change v in its register, so

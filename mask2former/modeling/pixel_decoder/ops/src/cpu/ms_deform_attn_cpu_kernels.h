@@ -11,7 +11,7 @@
 //
 // Sampling follows grid_sample(align_corners=False, padding_mode="zeros"): location x in [0, 1] maps
 // to pixel coordinate x * W - 0.5, and corners outside the map contribute zero. The coordinate is
-// rounded exactly as the PyTorch path rounds it (see pixel_coordinate): at initialisation the
+// rounded exactly as the PyTorch path rounds it (see pixel_coordinates): at initialisation the
 // sampling locations sit exactly on pixel centres, where the bilinear interpolation has a kink and
 // the last bit of the coordinate decides which one-sided gradient a location gets.
 
@@ -25,29 +25,45 @@ struct Sample {
   scalar_t fx, fy;
 };
 
-// The PyTorch path's pixel coordinate of `loc` along a side of `size` pixels, bit for bit: it turns
-// the location into grid_sample's grid value g = 2 * loc - 1 (in scalar_t), and grid_sample computes
-// (g + 1) * (size / 2) - 0.5, with the last two operations fused into one FMA or not depending on
-// how PyTorch was built for this CPU (`fused`, found by probing grid_sample). 2 * loc is exact, so
-// fusing it with the - 1 changes nothing.
+// Half the level sizes in the order of an item's sampling locations: (W_l / 2, H_l / 2) for each
+// level l, repeated for its points.
 template <typename scalar_t>
-inline scalar_t pixel_coordinate(scalar_t loc, int64_t size, bool fused) {
-  const scalar_t half_size = static_cast<scalar_t>(size) / 2;
-  const scalar_t shifted = (2 * loc - 1) + 1;
-  if (fused) {
-    return std::fma(shifted, half_size, scalar_t(-0.5));
+std::vector<scalar_t> half_sizes_of(const Problem& z, const Level* levels) {
+  std::vector<scalar_t> half_sizes(z.levels * z.points * 2);
+  for (int64_t k = 0; k < z.levels * z.points; ++k) {
+    half_sizes[2 * k] = static_cast<scalar_t>(levels[k / z.points].width) / 2;
+    half_sizes[2 * k + 1] = static_cast<scalar_t>(levels[k / z.points].height) / 2;
   }
-  return rounded_here(shifted * half_size) - scalar_t(0.5);
+  return half_sizes;
 }
 
-// False when the sample lies entirely outside the map (then it contributes nothing, and neither do
-// its gradients). NaN locations compare false and are treated the same way. A coordinate of exactly
-// -1 is inside: its value is 0, but like grid_sample it gets the one-sided gradient from the map's
-// first pixel.
+// The PyTorch path's pixel coordinates of an item's sampling locations, bit for bit: it turns each
+// location into grid_sample's grid value g = 2 * loc - 1 (in scalar_t), and grid_sample computes
+// (g + 1) * (size / 2) - 0.5, with the last two operations fused into one FMA or not depending on
+// how PyTorch was built for this CPU (`fused`, found by probing grid_sample). 2 * loc is exact, so
+// fusing it with the - 1 changes nothing. Computed for all of an item's samples in one loop, which
+// vectorises, before any of them is read.
 template <typename scalar_t>
-inline bool locate(scalar_t loc_x, scalar_t loc_y, const Level& level, bool fused, Sample<scalar_t>& s) {
-  const scalar_t x = pixel_coordinate(loc_x, level.width, fused);
-  const scalar_t y = pixel_coordinate(loc_y, level.height, fused);
+inline void pixel_coordinates(
+    const scalar_t* __restrict__ item_loc, const scalar_t* __restrict__ half_sizes, int64_t count, bool fused,
+    scalar_t* __restrict__ coords) {
+  if (fused) {
+    for (int64_t i = 0; i < count; ++i) {
+      coords[i] = std::fma((2 * item_loc[i] - 1) + 1, half_sizes[i], scalar_t(-0.5));
+    }
+  } else {
+    for (int64_t i = 0; i < count; ++i) {
+      coords[i] = rounded_here(((2 * item_loc[i] - 1) + 1) * half_sizes[i]) - scalar_t(0.5);
+    }
+  }
+}
+
+// False when the sample at pixel coordinates (x, y) lies entirely outside the map (then it
+// contributes nothing, and neither do its gradients). NaN coordinates compare false and are treated
+// the same way. A coordinate of exactly -1 is inside: its value is 0, but like grid_sample it gets
+// the one-sided gradient from the map's first pixel.
+template <typename scalar_t>
+inline bool locate(scalar_t x, scalar_t y, const Level& level, Sample<scalar_t>& s) {
   if (!(x >= scalar_t(-1) && y >= scalar_t(-1) && x < static_cast<scalar_t>(level.width) &&
         y < static_cast<scalar_t>(level.height))) {
     return false;
@@ -93,13 +109,16 @@ void forward(
     const scalar_t* attn_weight, scalar_t* output, int64_t im2col_step) {
   const int64_t samples = z.levels * z.points, position_stride = z.heads * z.channels;
   const std::vector<scalar_t> zeros(z.channels, scalar_t(0));
+  const std::vector<scalar_t> half_sizes = half_sizes_of<scalar_t>(z, levels);
   for_each_batch_chunk(z.batch, im2col_step, [&](int64_t batch_begin, int64_t batch_end) {
     const int64_t first = batch_begin * z.queries * z.heads, last = batch_end * z.queries * z.heads;
     at::parallel_for(first, last, grain_for(z), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> coords(samples * 2);
       for (int64_t item = begin; item < end; ++item) {  // item = (n * Lq + q) * M + m
         const int64_t m = item % z.heads, n = item / (z.queries * z.heads);
         const scalar_t* head_value = value + n * z.num_values * position_stride + m * z.channels;
-        const scalar_t* item_loc = sampling_loc + item * samples * 2;
+        pixel_coordinates(
+            sampling_loc + item * samples * 2, half_sizes.data(), samples * 2, z.fused_coordinates, coords.data());
         const scalar_t* item_attn = attn_weight + item * samples;
         scalar_t* __restrict__ out = output + item * z.channels;
         std::fill(out, out + z.channels, scalar_t(0));
@@ -107,7 +126,7 @@ void forward(
           for (int64_t p = 0; p < z.points; ++p) {
             const int64_t k = l * z.points + p;
             Sample<scalar_t> s;
-            if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[l], z.fused_coordinates, s)) {
+            if (!locate(coords[2 * k], coords[2 * k + 1], levels[l], s)) {
               continue;
             }
             scalar_t w0, w1, w2, w3;
@@ -142,12 +161,12 @@ struct ItemSamples {
 
   // Gathers samples [first, last) (at most kMax) of the item; returns how many touch the map.
   int gather(
-      int64_t first, int64_t last, const Problem& z, const Level* levels, const scalar_t* item_loc,
+      int64_t first, int64_t last, const Problem& z, const Level* levels, const scalar_t* coords,
       const scalar_t* head_value, int64_t position_stride, const scalar_t* zeros) {
     count = 0;
     for (int64_t k = first; k < last; ++k) {
       Sample<scalar_t> s;
-      if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[k / z.points], z.fused_coordinates, s)) {
+      if (!locate(coords[2 * k], coords[2 * k + 1], levels[k / z.points], s)) {
         continue;
       }
       corner_rows(s, head_value, position_stride, zeros, rows[count]);
@@ -197,14 +216,17 @@ void backward_locations(
     int64_t im2col_step) {
   const int64_t samples = z.levels * z.points, position_stride = z.heads * z.channels;
   const std::vector<scalar_t> zeros(z.channels, scalar_t(0));
+  const std::vector<scalar_t> half_sizes = half_sizes_of<scalar_t>(z, levels);
   for_each_batch_chunk(z.batch, im2col_step, [&](int64_t batch_begin, int64_t batch_end) {
     const int64_t first = batch_begin * z.queries * z.heads, last = batch_end * z.queries * z.heads;
     at::parallel_for(first, last, grain_for(z), [&](int64_t begin, int64_t end) {
       ItemSamples<scalar_t> gathered;
+      std::vector<scalar_t> coords(samples * 2);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t m = item % z.heads, n = item / (z.queries * z.heads);
         const scalar_t* head_value = value + n * z.num_values * position_stride + m * z.channels;
-        const scalar_t* item_loc = sampling_loc + item * samples * 2;
+        pixel_coordinates(
+            sampling_loc + item * samples * 2, half_sizes.data(), samples * 2, z.fused_coordinates, coords.data());
         const scalar_t* item_attn = attn_weight + item * samples;
         const scalar_t* g = grad_output + item * z.channels;
         scalar_t* item_grad_loc = grad_loc + item * samples * 2;
@@ -214,7 +236,7 @@ void backward_locations(
         std::fill(item_grad_attn, item_grad_attn + samples, scalar_t(0));
         for (int64_t round = 0; round < samples; round += ItemSamples<scalar_t>::kMax) {
           const int count = gathered.gather(
-              round, std::min(samples, round + ItemSamples<scalar_t>::kMax), z, levels, item_loc, head_value,
+              round, std::min(samples, round + ItemSamples<scalar_t>::kMax), z, levels, coords.data(), head_value,
               position_stride, zeros.data());
           for (int j = 0; j < count; ++j) {
             scalar_t dots[4];
@@ -244,11 +266,13 @@ void backward_value(
     const Problem& z, const Level* levels, const scalar_t* sampling_loc, const scalar_t* attn_weight,
     const scalar_t* grad_output, scalar_t* grad_value, int64_t im2col_step) {
   const int64_t samples = z.levels * z.points, position_stride = z.heads * z.channels;
+  const std::vector<scalar_t> half_sizes = half_sizes_of<scalar_t>(z, levels);
   for_each_batch_chunk(z.batch, im2col_step, [&](int64_t batch_begin, int64_t batch_end) {
     const int64_t slices = (batch_end - batch_begin) * z.heads;
     const int64_t block = channel_block(z, slices);
     const int64_t blocks = (z.channels + block - 1) / block;
     at::parallel_for(0, slices * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> coords(samples * 2);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t slice = task / blocks, d_begin = (task % blocks) * block;
         const int64_t width = std::min(z.channels, d_begin + block) - d_begin;
@@ -267,11 +291,12 @@ void backward_value(
           }
           __builtin_prefetch(item_attn + ahead * z.heads * samples);
           __builtin_prefetch(g + ahead * z.heads * z.channels);
+          pixel_coordinates(item_loc, half_sizes.data(), samples * 2, z.fused_coordinates, coords.data());
           for (int64_t l = 0; l < z.levels; ++l) {
             for (int64_t p = 0; p < z.points; ++p) {
               const int64_t k = l * z.points + p;
               Sample<scalar_t> s;
-              if (!locate(item_loc[2 * k], item_loc[2 * k + 1], levels[l], z.fused_coordinates, s)) {
+              if (!locate(coords[2 * k], coords[2 * k + 1], levels[l], s)) {
                 continue;
               }
               scalar_t w[4];
