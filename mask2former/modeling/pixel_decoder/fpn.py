@@ -17,11 +17,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
-from ..transformer_decoder.transformer import (
-    TransformerEncoder,
-    TransformerEncoderLayer,
-    xavier_init_matrices,
-)
+from ..transformer_decoder.transformer import build_detr_encoder, xavier_init_matrices
 
 __all__ = [
     "build_pixel_decoder",
@@ -186,11 +182,9 @@ class TransformerEncoderOnly(nn.Module):
         normalize_before=False,
     ):
         super().__init__()
-        encoder_layer = TransformerEncoderLayer(
-            d_model, nhead, dim_feedforward, dropout, activation, normalize_before
+        self.encoder = build_detr_encoder(
+            d_model, nhead, num_encoder_layers, dim_feedforward, dropout, activation, normalize_before
         )
-        encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
-        self.encoder = TransformerEncoder(encoder_layer, num_encoder_layers, encoder_norm)
         xavier_init_matrices(self)
         self.d_model = d_model
         self.nhead = nhead

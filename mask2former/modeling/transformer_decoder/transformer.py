@@ -150,6 +150,15 @@ class TransformerEncoder(nn.Module):
         return output
 
 
+def build_detr_encoder(d_model, nhead, num_layers, dim_feedforward, dropout, activation, normalize_before):
+    """DETR's encoder: `num_layers` copies of one layer; the pre-norm variant ends with a LayerNorm."""
+    encoder_layer = TransformerEncoderLayer(
+        d_model, nhead, dim_feedforward, dropout, activation, normalize_before
+    )
+    encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
+    return TransformerEncoder(encoder_layer, num_layers, encoder_norm)
+
+
 class TransformerDecoder(nn.Module):
     """Returns (num_layers, Q, N, C) normalized outputs of every layer when `return_intermediate`,
     else (1, Q, N, C) with the last one."""
@@ -210,11 +219,9 @@ class Transformer(nn.Module):
         return_intermediate_dec=False,
     ):
         super().__init__()
-        encoder_layer = TransformerEncoderLayer(
-            d_model, nhead, dim_feedforward, dropout, activation, normalize_before
+        self.encoder = build_detr_encoder(
+            d_model, nhead, num_encoder_layers, dim_feedforward, dropout, activation, normalize_before
         )
-        encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
-        self.encoder = TransformerEncoder(encoder_layer, num_encoder_layers, encoder_norm)
 
         decoder_layer = TransformerDecoderLayer(
             d_model, nhead, dim_feedforward, dropout, activation, normalize_before
