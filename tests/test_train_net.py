@@ -46,10 +46,20 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
+# Made once per test session: the custom datasets are registered under fixed names, which must
+# keep pointing to the same files (test_train_net_example.py uses the fixture too).
+_TINY_DATA = {}
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A 6-image train / 3-image val synthetic dataset, and the DATASETS.CUSTOM specs for it."""
-    root = str(tmp_path_factory.mktemp("synthetic"))
+    if not _TINY_DATA:
+        _TINY_DATA.update(_make_tiny_data(str(tmp_path_factory.mktemp("synthetic"))))
+    return _TINY_DATA
+
+
+def _make_tiny_data(root):
     generate(root, seed=0, splits={"train": 6, "val": 3})
     classes_file = os.path.join(root, "classes.yaml")
     with open(classes_file, "w") as f:
