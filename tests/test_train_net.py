@@ -191,6 +191,27 @@ def test_eval_only_reproduces_the_metrics_of_a_checkpoint(trained, tiny_data, tm
             assert evaluated[group][name] == pytest.approx(value, abs=1e-6, nan_ok=True), (group, name)
 
 
+def test_eval_only_with_test_time_augmentation(trained, tiny_data, tmp_path):
+    # One scale (the test size) and no flip: the augmented evaluation must give the plain results,
+    # reported a second time with the "_TTA" suffix.
+    _, _, train_dir = trained("panoptic")
+    args = make_args(
+        "panoptic", tmp_path, tiny_data,
+        "MODEL.WEIGHTS", str(train_dir / "model_final.pth"),
+        "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(64,)", "TEST.AUG.MAX_SIZE", "80",
+        "TEST.AUG.FLIP", "False",
+        flags=["--eval-only"],
+    )
+    results = train_net.main(args)
+    plain = [group for group in results if not group.endswith("_TTA")]
+    assert {"panoptic_seg", "segm", "sem_seg"} <= set(plain)
+    assert sorted(results) == sorted(plain + [group + "_TTA" for group in plain])
+    for group in plain:
+        for name, value in results[group].items():
+            assert results[group + "_TTA"][name] == pytest.approx(value, abs=1e-6, nan_ok=True), (group, name)
+    assert os.path.isdir(tmp_path / "inference_TTA")
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: a clear error naming the problem, raised before the output folder is even created.
 # ---------------------------------------------------------------------------------------------
