@@ -42,7 +42,7 @@ struct Problem {
 // (GCC does that by default when FMA is available), which would round differently.
 template <typename scalar_t>
 inline scalar_t rounded_here(scalar_t v) {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && defined(__x86_64__)
   asm("" : "+x"(v));
 #elif defined(__GNUC__) && defined(__aarch64__)
   asm("" : "+w"(v));

@@ -34,12 +34,24 @@ struct Sample {
   scalar_t fx, fy;
 };
 
+// The PyTorch path's pixel coordinate of `loc` along a side of `size` pixels, rounded the same way:
+// it samples at grid value g = 2 * loc - 1, and CUDA grid_sample computes ((g + 1) * size - 1) / 2,
+// whose multiply and subtract nvcc fuses into one FMA (its default); halving is exact, so that is
+// fma(g + 1, size / 2, -0.5). At initialisation sampling locations sit exactly on pixel centres, where
+// the last bit decides which one-sided gradient a location gets.
+template <typename scalar_t>
+__device__ inline scalar_t pixel_coordinate(scalar_t loc, int64_t size) {
+  return fma((2 * loc - 1) + 1, static_cast<scalar_t>(size) / 2, scalar_t(-0.5));
+}
+
+// False when the sample lies entirely outside the map. A coordinate of exactly -1 is inside: its
+// value is 0, but like grid_sample it gets the one-sided gradient from the map's first pixel.
 template <typename scalar_t>
 __device__ inline bool locate(
     scalar_t loc_x, scalar_t loc_y, int64_t height, int64_t width, int64_t start, Sample<scalar_t>& s) {
-  const scalar_t x = loc_x * static_cast<scalar_t>(width) - scalar_t(0.5);
-  const scalar_t y = loc_y * static_cast<scalar_t>(height) - scalar_t(0.5);
-  if (!(x > scalar_t(-1) && y > scalar_t(-1) && x < static_cast<scalar_t>(width) && y < static_cast<scalar_t>(height))) {
+  const scalar_t x = pixel_coordinate(loc_x, width);
+  const scalar_t y = pixel_coordinate(loc_y, height);
+  if (!(x >= scalar_t(-1) && y >= scalar_t(-1) && x < static_cast<scalar_t>(width) && y < static_cast<scalar_t>(height))) {
     return false;
   }
   const scalar_t x_floor = floor(x), y_floor = floor(y);
