@@ -1,8 +1,8 @@
 """Compiles the CUDA sources of the multi-scale deformable attention op with nvcc (no GPU needed)
 into a temporary folder and loads the result.
 
-Marked `cuda_build` (skipped without nvcc) and `heavy`: on the 2-core machine the build took 1 min
-57 s (1 min 11 s CPU) when moderately loaded and 6 min 43 s when busy, too much of CI's budget. Run it with
+Marked `cuda_build` (skipped without nvcc) and `slow`: on the 2-core machine the build takes about
+70 s when quiet (1 min 57 s moderately loaded), which CI's budget allows. Run it alone with
     pytest -m cuda_build tests/test_ms_deform_attn_cuda_build.py
 Settings: CUDA_HOME (default: /usr/local/cuda, else nvcc's parent folder), TORCH_CUDA_ARCH_LIST
 (default 9.0). The pip CUDA headers of the torch wheel (site-packages/nvidia/*/include, e.g. for
@@ -23,7 +23,7 @@ NVCC = shutil.which("nvcc")
 
 pytestmark = [
     pytest.mark.cuda_build,
-    pytest.mark.heavy,
+    pytest.mark.slow,
     pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: the CUDA sources cannot be compiled here"),
 ]
 
