@@ -84,6 +84,10 @@ def _distributed_worker(
         torch.cuda.set_device(local_rank)
     comm.synchronize()
     main_func(*args)
+    # A process that exits with its process group alive can abort in GLOO's teardown
+    # ("terminate called without an active exception"); leave together, then shut it down.
+    comm.synchronize()
+    dist.destroy_process_group()
 
 
 def _create_local_process_group(comm, world_size, num_workers_per_machine, machine_rank):
