@@ -29,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
@@ -298,6 +298,25 @@ def use_cpu_without_cuda(cfg):
     if cfg.SOLVER.AMP.ENABLED:
         logger.warning("CUDA is not available: SOLVER.AMP.ENABLED is ignored.")
         cfg.SOLVER.AMP.ENABLED = False
+    for key in replace_sync_batch_norm(cfg):
+        logger.warning("CUDA is not available: %s SyncBN -> naiveSyncBN.", key)
+
+
+def replace_sync_batch_norm(cfg, prefix=""):
+    """
+    torch.nn.SyncBatchNorm refuses CPU tensors in multi-process training; Detectron2's
+    NaiveSyncBatchNorm computes the same statistics with all-reduces that GLOO supports, and has
+    the same state-dict entries, so checkpoints load either way. Returns the keys it changed.
+    """
+    changed = []
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, CfgNode):
+            changed += replace_sync_batch_norm(value, prefix=f"{name}.")
+        elif key == "NORM" and value == "SyncBN":
+            cfg[key] = "naiveSyncBN"
+            changed.append(name)
+    return changed
 
 
 def check_inputs(cfg, resume=False):
