@@ -13,8 +13,9 @@ from detectron2.projects.deeplab import add_deeplab_config
 
 from mask2former import add_maskformer2_config
 
+from golden_keys import KEYS_DIR, read_key_list, state_dict_entries
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS_DIR = os.path.join(REPO, "tests", "data", "golden", "keys")
 
 # key-list file -> config under configs/
 CONFIGS = {
@@ -47,25 +48,6 @@ OTHER_BACKBONES = {
 }
 
 
-def _read_key_list(name):
-    entries = []
-    total_params = None
-    with open(os.path.join(KEYS_DIR, name + ".txt")) as f:
-        for line in f:
-            fields = line.rstrip("\n").split("\t")
-            if fields[0] == "total_params":
-                total_params = int(fields[1])
-            else:
-                key, shape, dtype = fields
-                entries.append((key, shape, dtype))
-    assert total_params is not None, f"{name}.txt has no total_params line"
-    return entries, total_params
-
-
-def _shape_str(shape):
-    return str(tuple(shape))
-
-
 def test_every_key_list_is_checked():
     files = {f[: -len(".txt")] for f in os.listdir(KEYS_DIR) if f.endswith(".txt")}
     assert files == set(CONFIGS) | OTHER_BACKBONES
@@ -90,10 +72,8 @@ def test_state_dict_matches_official(name):
     with torch.device(device):
         model = build_model(cfg)
 
-    expected, expected_total = _read_key_list(name)
-    actual = [
-        (k, _shape_str(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()
-    ]
+    expected, expected_total = read_key_list(name)
+    actual = state_dict_entries(model)
 
     expected_keys = {e[0] for e in expected}
     actual_keys = {a[0] for a in actual}

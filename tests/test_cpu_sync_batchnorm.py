@@ -12,19 +12,10 @@ from detectron2.modeling import build_model
 
 from mask2former.utils.launch import launch
 
+from golden_keys import read_key_list, state_dict_entries
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CITYSCAPES_SYNCBN = os.path.join(REPO_ROOT, "configs/cityscapes/semantic-segmentation/maskformer2_R50_bs16_90k.yaml")
-KEY_LIST = os.path.join(REPO_ROOT, "tests/data/golden/keys/cityscapes_semantic_maskformer2_R50_bs16_90k.txt")
-
-
-def _read_key_list(path):
-    entries = []
-    with open(path) as f:
-        for line in f:
-            name, shape = line.rstrip("\n").split("\t")[:2]
-            if name != "total_params":
-                entries.append((name, shape))
-    return entries
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the replacement only happens without CUDA")
@@ -36,8 +27,8 @@ def test_syncbn_config_builds_naive_sync_bn_with_the_official_checkpoint_layout(
     model = build_model(cfg)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert norms and all(isinstance(m, NaiveSyncBatchNorm) for m in norms)
-    entries = [(name, str(tuple(t.shape))) for name, t in model.state_dict().items()]
-    assert entries == _read_key_list(KEY_LIST)
+    expected, _ = read_key_list("cityscapes_semantic_maskformer2_R50_bs16_90k")
+    assert state_dict_entries(model) == expected
 
 
 def _half_batch_worker(result_dir):

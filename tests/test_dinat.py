@@ -12,24 +12,10 @@ from detectron2.projects.deeplab import add_deeplab_config
 from mask2former import add_maskformer2_config
 from mask2former.modeling.backbone.dinat import DINAT_VARIANTS, D2DiNAT, DiNAT
 
+from golden_keys import read_key_list, state_dict_entries
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = os.path.join(REPO, "tests", "data", "golden", "keys")
 DINAT_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*", "*", "dinat", "*.yaml")))
-
-
-def read_key_list(name):
-    with open(os.path.join(KEYS, name)) as f:
-        lines = f.read().splitlines()
-    entries = [tuple(line.split("\t")) for line in lines[:-1]]
-    total = int(lines[-1].split("\t")[1])
-    return entries, total
-
-
-def state_dict_entries(model, prefix=""):
-    return [
-        (prefix + k, str(tuple(v.shape)), str(v.dtype).replace("torch.", ""))
-        for k, v in model.state_dict().items()
-    ]
 
 
 def config(path=None):

@@ -14,8 +14,9 @@ from mask2former import add_maskformer2_config
 from mask2former.modeling.backbone.semask_swin import SemanticAttention, SemanticLayer, last_stage_is_global
 from mask2former.modeling.meta_arch.branch_mask_former_head import fuse_semantic_maps
 
+from golden_keys import read_key_list, state_dict_entries
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = os.path.join(REPO, "tests", "data", "golden", "keys")
 ADE_CONFIG = "configs/ade20k/semantic-segmentation/semask_swin/maskformer2_semask_swin_large_IN21k_384_bs16_160k_res640.yaml"
 CITYSCAPES_CONFIG = "configs/cityscapes/semantic-segmentation/semask_swin/maskformer2_semask_swin_large_IN21k_384_bs16_90k.yaml"
 TINY_CONFIG = "tests/data/golden/tiny_swin_panoptic/config.yaml"
@@ -26,12 +27,6 @@ SWIN_VARIANTS = {
     "base": dict(EMBED_DIM=128, DEPTHS=[2, 2, 18, 2], NUM_HEADS=[4, 8, 16, 32], WINDOW_SIZE=12),
     "large": dict(EMBED_DIM=192, DEPTHS=[2, 2, 18, 2], NUM_HEADS=[6, 12, 24, 48], WINDOW_SIZE=12),
 }
-
-
-def read_key_list(name):
-    with open(os.path.join(KEYS, name)) as f:
-        lines = f.read().splitlines()
-    return [tuple(line.split("\t")) for line in lines[:-1]], int(lines[-1].split("\t")[1])
 
 
 def config(path=None):
@@ -133,7 +128,7 @@ def test_last_stage_attention_option():
 
 def test_ade20k_model_matches_published_keys():
     model = build_meta_model(config(ADE_CONFIG))
-    entries = [(k, str(tuple(v.shape)), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()]
+    entries = state_dict_entries(model)
     expected, total = read_key_list("semask_swin_large_ade20k_semantic.txt")
     assert entries == expected
     assert sum(p.numel() for p in model.parameters()) == total
