@@ -4,6 +4,7 @@ Detectron2 v0.6 always initialises NCCL, so ``--num-gpus 2`` cannot run on a CPU
 This launcher uses NCCL when CUDA is available and GLOO otherwise, and sets up Detectron2's
 per-machine process group for both the v0.6 and the current ``detectron2.utils.comm`` API.
 """
+import gc
 import logging
 import socket
 from datetime import timedelta
@@ -84,10 +85,23 @@ def _distributed_worker(
         torch.cuda.set_device(local_rank)
     comm.synchronize()
     main_func(*args)
-    # A process that exits with its process group alive can abort in GLOO's teardown
-    # ("terminate called without an active exception"); leave together, then shut it down.
     comm.synchronize()
+    _shut_down_process_groups(comm)
+
+
+def _shut_down_process_groups(comm):
+    """Destroy every process group while the interpreter is still fully alive.
+
+    A GLOO group that is still referenced when the interpreter finalises is destroyed during
+    C++ teardown, which aborts the worker about one run in ten ("terminate called without an
+    active exception"). ``destroy_process_group`` alone is not enough: Detectron2's ``comm``
+    keeps its own references (the local group, the cached global GLOO group).
+    """
     dist.destroy_process_group()
+    comm._LOCAL_PROCESS_GROUP = None
+    if hasattr(comm, "_get_global_gloo_group"):
+        comm._get_global_gloo_group.cache_clear()
+    gc.collect()
 
 
 def _create_local_process_group(comm, world_size, num_workers_per_machine, machine_rank):
