@@ -362,3 +362,69 @@ def test_prepare_ade20k_full_sem_seg_names_a_missing_index(tmp_path):
     script = load_script("prepare_ade20k_full_sem_seg")
     with pytest.raises(FileNotFoundError, match="index_ade20k.pkl"):
         script.main(["--root", str(tmp_path)])
+
+
+# ---------------------------------------------------------------- COCO-Stuff-10k
+
+# v1.1: 0 = unlabeled, k = COCO-Stuff id k. Id 12 (street sign) and 91 (hairbrush) have no
+# annotations; 90 = toothbrush (class 79), 92 = banner (class 80), 182 = wood (class 170).
+RAW_STUFF_10K_V1_1 = [[0, 1, 12], [90, 92, 182]]
+EXPECTED_STUFF_10K_V1_1 = [[255, 0, 255], [79, 80, 170]]
+# v1.0: 1 = unlabeled, 2-81 = the 80 things in order, 82-172 = the 91 stuff classes in order.
+RAW_STUFF_10K_V1_0 = [[1, 2, 81], [82, 172, 2]]
+EXPECTED_STUFF_10K_V1_0 = [[255, 0, 79], [80, 170, 0]]
+
+
+def save_stuff_10k_mat(path, label_map, name_count):
+    import scipy.io
+
+    names = np.empty((1, name_count), dtype=object)
+    names[0, :] = [f"class{i}" for i in range(name_count)]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    scipy.io.savemat(path, {"S": np.asarray(label_map, dtype=np.uint16), "names": names})
+
+
+@pytest.mark.parametrize(
+    "name_count,raw,expected",
+    [(182, RAW_STUFF_10K_V1_1, EXPECTED_STUFF_10K_V1_1), (172, RAW_STUFF_10K_V1_0, EXPECTED_STUFF_10K_V1_0)],
+    ids=["v1.1", "v1.0"],
+)
+def test_prepare_coco_stuff_10k_converts_both_releases(tmp_path, capsys, name_count, raw, expected):
+    script = load_script("prepare_coco_stuff_10k_sem_seg")
+    dataset = tmp_path / "coco" / "coco_stuff_10k"
+    (dataset / "imageLists").mkdir(parents=True)
+    for split, name in [("train", "COCO_train2014_000000000077"), ("test", "COCO_train2014_000000000009")]:
+        (dataset / "imageLists" / f"{split}.txt").write_text(name + "\n")
+        save_jpg(str(dataset / "images" / f"{name}.jpg"), 2, 3)
+        save_stuff_10k_mat(str(dataset / "annotations" / f"{name}.mat"), raw, name_count)
+
+    script.main(["--root", str(tmp_path)])
+
+    for split, name in [("train", "COCO_train2014_000000000077"), ("test", "COCO_train2014_000000000009")]:
+        label = np.asarray(Image.open(dataset / "annotations_detectron2" / split / f"{name}.png"))
+        assert label.dtype == np.uint8
+        np.testing.assert_array_equal(label, expected)
+        image = dataset / "images_detectron2" / split / f"{name}.jpg"
+        assert image.read_bytes() == (dataset / "images" / f"{name}.jpg").read_bytes()
+    assert "train: wrote 1 images" in capsys.readouterr().out
+
+
+def test_prepare_coco_stuff_10k_rejects_an_unknown_class_list(tmp_path):
+    script = load_script("prepare_coco_stuff_10k_sem_seg")
+    mat_file = tmp_path / "odd.mat"
+    save_stuff_10k_mat(str(mat_file), [[0, 1]], 50)
+    with pytest.raises(ValueError, match="odd.mat: 50 class names"):
+        script.convert_annotation(str(mat_file), str(tmp_path / "out.png"))
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_prepare_coco_stuff_10k_names_missing_files(tmp_path):
+    script = load_script("prepare_coco_stuff_10k_sem_seg")
+    with pytest.raises(FileNotFoundError, match="imageLists/train.txt"):
+        script.main(["--root", str(tmp_path)])
+    dataset = tmp_path / "coco" / "coco_stuff_10k"
+    (dataset / "imageLists").mkdir(parents=True)
+    (dataset / "imageLists" / "train.txt").write_text("COCO_1\n")
+    save_jpg(str(dataset / "images" / "COCO_1.jpg"), 2, 2)
+    with pytest.raises(FileNotFoundError, match=r"annotations/COCO_1.mat \(listed in imageLists/train.txt\)"):
+        script.main(["--root", str(tmp_path)])
