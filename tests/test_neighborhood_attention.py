@@ -168,3 +168,91 @@ def test_natten_matches_pytorch(H, W, kernel_size, dilation):
     for got, want in zip(torch.autograd.grad(out_natten, inputs, grad_out),
                          torch.autograd.grad(out_torch, inputs, grad_out)):
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+def _neighbours(y, x, H, W, kernel_size, dilation):
+    return [
+        (r, c, br, bc)
+        for r, br in _axis_window(y, H, kernel_size, dilation)
+        for c, bc in _axis_window(x, W, kernel_size, dilation)
+    ]
+
+
+def _fake_qk(query, key, rpb, kernel_size, dilation):
+    B, heads, H, W, _ = query.shape
+    logits = query.new_empty(B, heads, H, W, kernel_size**2)
+    for y in range(H):
+        for x in range(W):
+            for n, (r, c, br, bc) in enumerate(_neighbours(y, x, H, W, kernel_size, dilation)):
+                logits[:, :, y, x, n] = (query[:, :, y, x] * key[:, :, r, c]).sum(-1) + rpb[:, br, bc]
+    return logits
+
+
+def _fake_av(attn, value, kernel_size, dilation):
+    out = torch.zeros_like(value)
+    H, W = value.shape[2:4]
+    for y in range(H):
+        for x in range(W):
+            for n, (r, c, _, _) in enumerate(_neighbours(y, x, H, W, kernel_size, dilation)):
+                out[:, :, y, x] += attn[:, :, y, x, n, None] * value[:, :, r, c]
+    return out
+
+
+def _kernel_from_attn(attn):
+    return int(round(attn.shape[-1] ** 0.5))
+
+
+# The three ways natten has spelled the rpb ops, written as stand-ins that follow the rules above.
+FAKE_NATTEN_APIS = {
+    "<0.14.5": dict(
+        natten2dqkrpb=lambda q, k, rpb, dilation: _fake_qk(q, k, rpb, (rpb.shape[-1] + 1) // 2, dilation),
+        natten2dav=lambda attn, v, dilation: _fake_av(attn, v, _kernel_from_attn(attn), dilation),
+    ),
+    "0.14.5-0.16": dict(natten2dqkrpb=_fake_qk, natten2dav=_fake_av),
+    "0.17-0.19": dict(
+        na2d_qk=lambda q, k, kernel_size, dilation=1, additional_keys=None, is_causal=False, rpb=None: _fake_qk(
+            q, k, rpb, kernel_size, dilation
+        ),
+        na2d_av=lambda attn, v, kernel_size, dilation=1, additional_values=None, is_causal=False: _fake_av(
+            attn, v, kernel_size, dilation
+        ),
+    ),
+}
+
+
+def _install_fake_natten(monkeypatch, functions):
+    import sys
+    import types
+
+    package = types.ModuleType("natten")
+    functional = types.ModuleType("natten.functional")
+    for name, function in functions.items():
+        setattr(functional, name, function)
+    package.functional = functional
+    monkeypatch.setitem(sys.modules, "natten", package)
+    monkeypatch.setitem(sys.modules, "natten.functional", functional)
+    natten_with_rpb.cache_clear()
+
+
+@pytest.fixture
+def restore_natten_detection():
+    yield
+    natten_with_rpb.cache_clear()
+
+
+@pytest.mark.parametrize("api", sorted(FAKE_NATTEN_APIS))
+def test_natten_route_passes_kernel_dilation_and_rpb_for_each_natten_api(monkeypatch, restore_natten_detection, api):
+    _install_fake_natten(monkeypatch, FAKE_NATTEN_APIS[api])
+    q, k, v, rpb = _inputs(9, 7, 3)
+    out = neighborhood_attention_2d(q, k, v, rpb, 3, 2, implementation="natten")
+    torch.testing.assert_close(out, naive_attention(q, k, v, rpb, 3, 2), rtol=1e-10, atol=1e-12)
+
+
+def test_natten_without_rpb_is_not_used(monkeypatch, restore_natten_detection):
+    _install_fake_natten(
+        monkeypatch, dict(na2d_qk=lambda q, k, kernel_size, dilation=1: None, na2d_av=lambda a, v, kernel_size: None)
+    )
+    assert natten_with_rpb() is None
+    q, k, v, rpb = _inputs(9, 7, 3)
+    with pytest.raises(RuntimeError, match="natten < 0.20"):
+        neighborhood_attention_2d(q, k, v, rpb, 3, 2, implementation="natten")

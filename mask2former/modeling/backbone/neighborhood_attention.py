@@ -262,31 +262,48 @@ def _tiled_attention(query, key, value, rpb, kernel_size, dilation, attn_drop, t
 
 @functools.lru_cache(maxsize=1)
 def natten_with_rpb():
-    """The ``natten.functional`` module if an importable natten still supports rpb, else None."""
+    """``(qk, av)`` from an importable natten that still supports rpb, else None.
+
+    ``qk(query, key, rpb, kernel_size, dilation)`` gives the attention logits and
+    ``av(attn, value, kernel_size, dilation)`` the output. natten has spelled these three ways:
+    ``natten2dqkrpb(q, k, rpb, dilation)`` (< 0.14.5, kernel size read from rpb),
+    ``natten2dqkrpb(q, k, rpb, kernel_size, dilation)`` (0.14.5-0.16) and
+    ``na2d_qk(q, k, kernel_size, dilation, rpb=rpb)`` (0.17-0.19); 0.20 dropped rpb.
+    """
     try:
         import natten.functional as natten_functional
     except Exception:  # natten is optional; any import failure means "not available"
         return None
-    if hasattr(natten_functional, "natten2dqkrpb") and hasattr(natten_functional, "natten2dav"):
-        return natten_functional
-    return None
+    na2d_qk = getattr(natten_functional, "na2d_qk", None)
+    if na2d_qk is not None and "rpb" in inspect.signature(na2d_qk).parameters:
+        na2d_av = natten_functional.na2d_av
+        return (
+            lambda query, key, rpb, kernel_size, dilation: na2d_qk(query, key, kernel_size, dilation, rpb=rpb),
+            lambda attn, value, kernel_size, dilation: na2d_av(attn, value, kernel_size, dilation),
+        )
+    qkrpb = getattr(natten_functional, "natten2dqkrpb", None)
+    av = getattr(natten_functional, "natten2dav", None)
+    if qkrpb is None or av is None:
+        return None
+    if "kernel_size" in inspect.signature(qkrpb).parameters:
+        return qkrpb, av
+    return (
+        lambda query, key, rpb, kernel_size, dilation: qkrpb(query, key, rpb, dilation),
+        lambda attn, value, kernel_size, dilation: av(attn, value, dilation),
+    )
 
 
 def _natten_attention(query, key, value, rpb, kernel_size, dilation, attn_drop, training):
-    natten_functional = natten_with_rpb()
-    if natten_functional is None:
+    natten_ops = natten_with_rpb()
+    if natten_ops is None:
         raise RuntimeError(
             "implementation='natten' needs natten < 0.20 (the last versions with relative "
             "positional bias); it is not importable here. Use implementation='auto'."
         )
-    # natten < 0.14.5 reads the kernel size from rpb; later versions take it as an argument.
-    if "kernel_size" in inspect.signature(natten_functional.natten2dqkrpb).parameters:
-        window = (kernel_size, dilation)
-    else:
-        window = (dilation,)
-    attn = natten_functional.natten2dqkrpb(query, key, rpb, *window).softmax(dim=-1)
+    qk, av = natten_ops
+    attn = qk(query, key, rpb, kernel_size, dilation).softmax(dim=-1)
     attn = F.dropout(attn, attn_drop, training)
-    return natten_functional.natten2dav(attn, value, *window)
+    return av(attn, value, kernel_size, dilation)
 
 
 def _choose(query, kernel_size, implementation):
