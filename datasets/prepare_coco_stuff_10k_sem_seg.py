@@ -18,6 +18,7 @@ number of class names stored in each file:
     python datasets/prepare_coco_stuff_10k_sem_seg.py [--root $DETECTRON2_DATASETS]
 """
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -39,8 +40,12 @@ V1_0_NAME_COUNT = 172
 V1_1_NAME_COUNT = 182
 
 
+@functools.lru_cache(maxsize=None)
 def _lookup_table(name_count: int) -> np.ndarray:
-    """Maps every possible value of S to its contiguous label (255 where it has none)."""
+    """Maps every possible value of S to its contiguous label (255 where it has none).
+
+    Built once per release and shared by every file; callers only read it.
+    """
     table = np.full(256, IGNORE_LABEL, dtype=np.uint8)
     categories = coco_stuff_categories()
     if name_count == V1_1_NAME_COUNT:

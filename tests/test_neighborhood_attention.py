@@ -23,17 +23,21 @@ def _axis_window(i, length, kernel_size, dilation):
     return [((start + j) * dilation + group, start + j - place + kernel_size - 1) for j in range(kernel_size)]
 
 
+def _neighbours(y, x, H, W, kernel_size, dilation):
+    return [
+        (r, c, br, bc)
+        for r, br in _axis_window(y, H, kernel_size, dilation)
+        for c, bc in _axis_window(x, W, kernel_size, dilation)
+    ]
+
+
 def naive_attention(q, k, v, rpb, kernel_size, dilation):
     B, heads, H, W, d = q.shape
     rows = []
     for y in range(H):
         row = []
         for x in range(W):
-            neighbours = [
-                (r, c, br, bc)
-                for r, br in _axis_window(y, H, kernel_size, dilation)
-                for c, bc in _axis_window(x, W, kernel_size, dilation)
-            ]
+            neighbours = _neighbours(y, x, H, W, kernel_size, dilation)
             logits = torch.stack(
                 [(q[:, :, y, x] * k[:, :, r, c]).sum(-1) + rpb[:, br, bc] for r, c, br, bc in neighbours], dim=-1
             )
@@ -168,14 +172,6 @@ def test_natten_matches_pytorch(H, W, kernel_size, dilation):
     for got, want in zip(torch.autograd.grad(out_natten, inputs, grad_out),
                          torch.autograd.grad(out_torch, inputs, grad_out)):
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
-
-
-def _neighbours(y, x, H, W, kernel_size, dilation):
-    return [
-        (r, c, br, bc)
-        for r, br in _axis_window(y, H, kernel_size, dilation)
-        for c, bc in _axis_window(x, W, kernel_size, dilation)
-    ]
 
 
 def _fake_qk(query, key, rpb, kernel_size, dilation):
