@@ -1,0 +1,4 @@
+"""Training machinery shared by train_net.py, train_net_video.py, the demos and the tools."""
+from .optimizer import build_optimizer  # noqa: F401
+from .setup import check_inputs, load_config, replace_sync_batch_norm, setup, use_cpu_without_cuda  # noqa: F401
+from .trainer import Trainer  # noqa: F401
