@@ -15,7 +15,6 @@ ignore label. Labels are written as 16-bit TIFFs.
 """
 import argparse
 import os
-import pickle
 import sys
 
 import cv2
@@ -28,6 +27,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 from mask2former.data.datasets.categories import ade20k_full_categories  # noqa: E402
+from mask2former.utils.safe_pickle import safe_load_pickle  # noqa: E402
 
 MAX_SHORT_SIDE = 512
 IGNORE_LABEL = 65535
@@ -81,8 +81,8 @@ def convert(root: str) -> int:
             f"{index_file} does not exist "
             f"(see the section 'ADE20K-full' of datasets/README.md)"
         )
-    with open(index_file, "rb") as f:
-        index = pickle.load(f)
+    # A downloaded index is plain data (lists, strings, arrays): refuse any code it names.
+    index = safe_load_pickle(index_file)
     train_id_of = {
         category["id"]: train_id for train_id, category in enumerate(ade20k_full_categories())
     }

@@ -281,3 +281,66 @@ def test_published_coco_r50_checkpoint_layout_loads_key_for_key(tmp_path):
     assert not (report.missing or report.unexpected or report.mis_shaped or report.defaulted)
     state = model.state_dict()
     assert all(np.array_equal(state[k].numpy(), v) for k, v in blobs.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# .pkl checkpoints are plain data: a pickle that names a callable is refused before it runs.
+# ---------------------------------------------------------------------------------------------
+class _WritesAFile:
+    """Unpickling this calls pathlib.Path.touch(path): what a malicious checkpoint would do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.path),)
+
+
+def test_malicious_pkl_checkpoint_is_refused_without_running_its_code(tmp_path):
+    from mask2former.utils.safe_pickle import UnsafePickleError
+
+    victim = tmp_path / "pwned"
+    evil = str(tmp_path / "evil.pkl")
+    with open(evil, "wb") as f:
+        pickle.dump({"model": {"a": _WritesAFile(str(victim))}, "__author__": "x"}, f)
+    # The payload works with plain pickle (the hole being closed) ...
+    with open(evil, "rb") as f:
+        pickle.load(f)
+    assert victim.exists()
+    victim.unlink()
+    # ... and does not with the checkpointer, whose error names the global and the file.
+    with pytest.raises(UnsafePickleError, match=r"evil\.pkl references 'pathlib\.Path\.touch'|"
+                       r"evil\.pkl references 'pathlib\.Path'"):
+        load_checkpoint(fresh(1), evil)
+    assert not victim.exists()
+
+
+def test_safe_unpickler_admits_the_model_zoo_layout_with_python2_and_numpy_globals(tmp_path):
+    """Protocol 2 as the published Detectron2 files (OrderedDict, numpy.core.multiarray names of
+    NumPy 1, _codecs.encode for bytes), and a NumPy scalar."""
+    import collections
+    import pickletools
+
+    import numpy as np
+
+    from mask2former.utils.safe_pickle import safe_load_pickle
+
+    source = fresh(0)
+    blobs = collections.OrderedDict((k, v.numpy()) for k, v in source.state_dict().items())
+    data = {"model": blobs, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True, "step": np.int64(3)}
+    raw = pickle.dumps(data, protocol=2)
+    # Rename NumPy 2's module to NumPy 1's, as in the files published before NumPy 2.
+    raw = raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    globals_used = {arg for op, arg, _ in pickletools.genops(raw) if op.name == "GLOBAL"}
+    assert "numpy.core.multiarray _reconstruct" in globals_used and "_codecs encode" in globals_used
+    path = tmp_path / "model_final_abc.pkl"
+    path.write_bytes(raw)
+    loaded = safe_load_pickle(str(path))
+    assert loaded["step"] == 3 and list(loaded["model"]) == list(blobs)
+    assert all(np.array_equal(loaded["model"][k], v) and loaded["model"][k].dtype == v.dtype for k, v in blobs.items())
+    target = fresh(1)
+    report = load_checkpoint(target, str(path))
+    assert not (report.missing or report.unexpected or report.mis_shaped)
+    assert_same_state(source, target)

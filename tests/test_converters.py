@@ -170,3 +170,18 @@ def test_command_line_and_errors(tool, tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="expected a dict"):
         conversion.load_state_dict(str(tmp_path / "list.pth"))
+
+
+def test_checkpoint_holding_more_than_tensors_needs_the_trust_flag(tool, tmp_path):
+    import argparse
+
+    conversion = tool("checkpoint_conversion.py")
+    path = str(tmp_path / "with_args.pth")
+    torch.save({"model": {"a": torch.ones(2)}, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(pickle.UnpicklingError, match=r"with_args\.pth.*--trust-file"):
+        conversion.load_state_dict(path)
+    assert torch.equal(conversion.load_state_dict(path, trusted=True)["a"], torch.ones(2))
+    out = str(tmp_path / "out.pkl")
+    assert conversion.run(["convert-x.py", path, out, "--trust-file"], lambda sd: sd, "third_party", "") == 0
+    with open(out, "rb") as f:
+        assert torch.equal(pickle.load(f)["model"]["a"], torch.ones(2))

@@ -13,6 +13,9 @@ files matched by name heuristics, Caffe2 ``.pkl``) that checks the checkpoint ag
   ``.pkl``): the head is expected to be missing and a classifier may be left over; both are
   reported (warning) and allowed. A mis-shaped entry is still an error.
 
+``.pkl`` files are read with :func:`~mask2former.utils.safe_pickle.safe_load_pickle`, which admits
+only plain data (Detectron2 uses ``pickle.load``, which runs any code a file names).
+
 Keys the caller deliberately re-initialises (fine-tuning with another number of classes, say) are
 allowed with ``allowed_mismatch``: regular expressions matched (``re.search``) against key names.
 The report of the last load is ``checkpointer.last_report``.
@@ -28,6 +31,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.layers import FrozenBatchNorm2d
+
+from .safe_pickle import safe_load_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +201,22 @@ class Mask2FormerCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         self._source = filename
-        return super()._load_file(filename)
+        if not filename.endswith(".pkl"):
+            # .pth goes through torch.load, whose default (weights_only) admits no code either.
+            return super()._load_file(filename)
+        # Detectron2 reads .pkl with plain pickle.load, which runs whatever the file names.
+        with self.path_manager.open(filename, "rb") as f:
+            data = safe_load_pickle(f, source=filename)
+        if not isinstance(data, dict):
+            raise CheckpointMismatchError(f"{filename}: expected a dict, got a {type(data).__name__}")
+        if "model" in data and "__author__" in data:  # Detectron2 model-zoo layout
+            self.logger.info("Reading a file from '{}'".format(data["__author__"]))
+            return data
+        # Caffe2 / Detectron1 layout: detection models keep their arrays under "blobs",
+        # ImageNet classifiers at the top level; the solver's momentum buffers are not weights.
+        blobs = data.get("blobs", data)
+        blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+        return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _load_model(self, checkpoint):
         state_dict = _strip_prefix(_to_tensors(checkpoint.pop("model")), "module.")
