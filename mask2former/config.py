@@ -81,6 +81,12 @@ def add_maskformer2_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
 
+    # ---- fine-tuning (not an upstream key) ----
+    # State-dict names, or prefixes ending at a "." boundary, that keep the model's fresh
+    # initialisation when MODEL.WEIGHTS is loaded (even where the checkpoint fits). Entries whose
+    # shape follows NUM_CLASSES / NUM_OBJECT_QUERIES are re-initialised without being listed.
+    cfg.MODEL.WEIGHTS_REINIT = []
+
     add_swin_config(cfg)
 
     # Keys of optional components. Engineers owning them add one call per function here

@@ -21,24 +21,25 @@ class Backbone(nn.Module):
 
 
 class Head(nn.Module):
-    def __init__(self, num_classes=5):
+    def __init__(self, num_classes=5, num_queries=4):
         super().__init__()
         self.class_embed = nn.Linear(8, num_classes + 1)
         self.mask_embed = nn.Linear(8, 8)
+        self.query_feat = nn.Embedding(num_queries, 8)
 
 
 class TinyModel(nn.Module):
-    def __init__(self, num_classes=5):
+    def __init__(self, num_classes=5, num_queries=4):
         super().__init__()
         self.backbone = Backbone()
-        self.sem_seg_head = Head(num_classes)
+        self.sem_seg_head = Head(num_classes, num_queries)
         self.register_buffer("empty_weight", torch.ones(num_classes + 1))
         self.register_buffer("pixel_mean", torch.zeros(3, 1, 1), False)
 
 
-def fresh(seed, num_classes=5):
+def fresh(seed, num_classes=5, num_queries=4):
     torch.manual_seed(seed)
-    return TinyModel(num_classes)
+    return TinyModel(num_classes, num_queries)
 
 
 def assert_same_state(a, b):
@@ -344,3 +345,71 @@ def test_safe_unpickler_admits_the_model_zoo_layout_with_python2_and_numpy_globa
     report = load_checkpoint(target, str(path))
     assert not (report.missing or report.unexpected or report.mis_shaped)
     assert_same_state(source, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning: entries sized by the class / query counts are re-initialised, nothing else.
+# ---------------------------------------------------------------------------------------------
+COUNTS = {"classes": 5, "queries": 4}
+
+
+def test_fine_tuning_with_other_class_and_query_counts_reinitialises_only_what_they_size(tmp_path, caplog):
+    import logging
+
+    source = fresh(0, num_classes=80, num_queries=7)
+    target = fresh(1)
+    initial = {k: v.clone() for k, v in target.state_dict().items()}
+    path = save_pth(tmp_path, source.state_dict())
+    with caplog.at_level(logging.INFO, logger="mask2former.utils.checkpoint"):
+        report = load_checkpoint(target, path, counts=COUNTS)
+    sized = ["empty_weight", "sem_seg_head.class_embed.bias", "sem_seg_head.class_embed.weight",
+             "sem_seg_head.query_feat.weight"]
+    assert sorted(report.reinitialised) == sized
+    assert report.count_change == "classes 80 -> 5, queries 7 -> 4"
+    for k, v in target.state_dict().items():
+        assert torch.equal(v, initial[k] if k in sized else source.state_dict()[k]), k
+    lines = [r.getMessage() for r in caplog.records if "re-initialised" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "re-initialised 4 entries (checkpoint vs config: classes 80 -> 5, queries 7 -> 4)" in lines[0]
+    assert "sem_seg_head.class_embed.weight" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "edit,counts,expected",
+    [
+        # Another mis-shaped entry next to the classifier: everything is refused.
+        (lambda sd: sd.update({"backbone.stem.weight": torch.zeros(4, 3, 5, 5)}), COUNTS, "backbone.stem.weight"),
+        # The counts do not explain the difference (model classes 5 but config says 6).
+        (None, {"classes": 6, "queries": 4}, "sem_seg_head.class_embed.weight"),
+        # Two different class counts in one checkpoint.
+        (lambda sd: sd.update({"empty_weight": torch.ones(12)}), COUNTS, "empty_weight"),
+    ],
+)
+def test_fine_tuning_still_refuses_other_mismatches(tmp_path, edit, counts, expected):
+    state = fresh(0, num_classes=9).state_dict()
+    if edit:
+        edit(state)
+    target = fresh(1)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match="Nothing was loaded") as info:
+        load_checkpoint(target, save_pth(tmp_path, state), counts=counts)
+    assert f"{expected}: checkpoint" in str(info.value) and "MODEL.WEIGHTS_REINIT" in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+def test_weights_reinit_keeps_named_entries_even_when_they_fit(tmp_path):
+    source = fresh(0)
+    target = fresh(1)
+    initial = {k: v.clone() for k, v in target.state_dict().items()}
+    report = load_checkpoint(target, save_pth(tmp_path, source.state_dict()), reinit=["sem_seg_head.mask_embed", "empty_weight"])
+    kept = ["empty_weight", "sem_seg_head.mask_embed.bias", "sem_seg_head.mask_embed.weight"]
+    assert sorted(report.reinitialised) == kept and report.count_change == ""
+    for k, v in target.state_dict().items():
+        assert torch.equal(v, initial[k] if k in kept else source.state_dict()[k]), k
+    # A mis-shaped backbone entry can be re-initialised deliberately, too.
+    state = source.state_dict()
+    state["backbone.stem.weight"] = torch.zeros(4, 3, 5, 5)
+    load_checkpoint(fresh(1), save_pth(tmp_path, state), reinit=["backbone.stem.weight"])
+    # "sem_seg_head.mask" is not a name boundary: a typo is an error, not a silent no-op.
+    with pytest.raises(CheckpointMismatchError, match=r"WEIGHTS_REINIT names no entry.*sem_seg_head\.mask'"):
+        load_checkpoint(fresh(1), save_pth(tmp_path, state), reinit=["sem_seg_head.mask"])

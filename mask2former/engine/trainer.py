@@ -26,7 +26,7 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with Mask2Former's data mappers, evaluators, optimizer and LR schedule."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, with two changes: the model is wrapped for distributed training
+        # DefaultTrainer.__init__, with three changes: the model is wrapped for distributed training
         # in a way that also works on CPUs (Detectron2 always passes a GPU index), and checkpoints
         # are loaded by Mask2FormerCheckpointer (a complete report of missing, unexpected and
         # mis-shaped keys instead of a silent partial load).
@@ -45,7 +45,10 @@ class Trainer(DefaultTrainer):
         _stop_on_non_finite_losses(self._trainer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = Mask2FormerCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # Fine-tuning on other classes re-initialises what depends on their number.
+        self.checkpointer = Mask2FormerCheckpointer.from_config(
+            cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

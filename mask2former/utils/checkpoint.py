@@ -16,9 +16,15 @@ files matched by name heuristics, Caffe2 ``.pkl``) that checks the checkpoint ag
 ``.pkl`` files are read with :func:`~mask2former.utils.safe_pickle.safe_load_pickle`, which admits
 only plain data (Detectron2 uses ``pickle.load``, which runs any code a file names).
 
-Keys the caller deliberately re-initialises (fine-tuning with another number of classes, say) are
-allowed with ``allowed_mismatch``: regular expressions matched (``re.search``) against key names.
-The report of the last load is ``checkpointer.last_report``.
+Fine-tuning on another set of classes: given the model's class and query counts (``counts``, see
+:meth:`Mask2FormerCheckpointer.from_config`), entries whose shapes differ only along dimensions sized
+by those counts (the classifier ``class_embed``, the criterion's ``empty_weight``, ``query_feat`` /
+``query_embed``), consistently with one other class (query) count in the checkpoint, keep the
+model's fresh initialisation, announced in one log line. This applies only when every mis-shaped
+entry is explained so; any other mismatch is still refused with the full report.
+Other entries are re-initialised deliberately with ``reinit`` (``MODEL.WEIGHTS_REINIT``: names or
+name prefixes), and mismatches tolerated with ``allowed_mismatch`` (regular expressions,
+``re.search``). The report of the last load is ``checkpointer.last_report``.
 """
 import logging
 import re
@@ -65,6 +71,9 @@ class CheckpointReport:
         defaulted: FrozenBatchNorm running statistics absent from an old-format backbone checkpoint;
             set to mean 0 / variance 1, as detectron2 does.
         allowed: keys among the above tolerated by ``allowed_mismatch``.
+        reinitialised: model keys left at their initialisation on purpose (``reinit``) or
+            because their shape follows a class/query count that differs from the checkpoint's.
+        count_change: what explains the automatic re-initialisations, e.g. "classes 80 -> 3".
     """
 
     source: str
@@ -75,6 +84,8 @@ class CheckpointReport:
     mis_shaped: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
     defaulted: List[str] = field(default_factory=list)
     allowed: List[str] = field(default_factory=list)
+    reinitialised: List[str] = field(default_factory=list)
+    count_change: str = ""
 
     @property
     def problems(self) -> List[str]:
@@ -105,7 +116,13 @@ class CheckpointReport:
             )
         if self.allowed:
             parts.append(f"  allowed by allowed_mismatch: {len(self.allowed)} entries")
+        if self.reinitialised:
+            parts.append("  " + self.reinit_summary())
         return "\n".join(parts)
+
+    def reinit_summary(self) -> str:
+        why = f"checkpoint vs config: {self.count_change}" if self.count_change else "MODEL.WEIGHTS_REINIT"
+        return f"re-initialised {len(self.reinitialised)} entries ({why}): {', '.join(sorted(self.reinitialised))}"
 
 
 def _to_tensors(state_dict: Dict) -> Dict[str, torch.Tensor]:
@@ -134,12 +151,44 @@ def _frozen_bn_running_stats(model: torch.nn.Module) -> set:
     return keys
 
 
+def _named_by(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p.rstrip(".") + ".") for p in prefixes)
+
+
+# How much larger than its count a dimension sized by it is: classifiers and the criterion's class
+# weights have one more row, for "no object".
+_EXTRA_ROWS = {"classes": 1, "queries": 0}
+
+
+def _count_change(mis_shaped, counts: Dict[str, int]) -> Optional[Dict[str, Tuple[int, int]]]:
+    """{kind: (checkpoint count, model count)} when every mis-shaped entry differs from the model
+    only along dimensions sized by one of ``counts`` (plus its ``_EXTRA_ROWS``), all implying the
+    same checkpoint count per kind; None otherwise. Backbone entries never depend on these counts."""
+    implied: Dict[str, int] = {}
+    for key, ckpt_shape, model_shape in mis_shaped:
+        if key.startswith("backbone.") or len(ckpt_shape) != len(model_shape):
+            return None
+        for ckpt_size, model_size in zip(ckpt_shape, model_shape):
+            if ckpt_size == model_size:
+                continue
+            for kind, count in counts.items():
+                extra = _EXTRA_ROWS.get(kind, 0)
+                old = ckpt_size - extra
+                if model_size == count + extra and old > 0 and implied.setdefault(kind, old) == old:
+                    break
+            else:
+                return None
+    return {kind: (implied[kind], count) for kind, count in counts.items() if kind in implied} or None
+
+
 def inspect_checkpoint(
     model: torch.nn.Module,
     state_dict: Dict[str, torch.Tensor],
     source: str = "<state_dict>",
     heuristic: bool = False,
     allowed_mismatch: Iterable[str] = (),
+    counts: Optional[Dict[str, int]] = None,
+    reinit: Sequence[str] = (),
 ) -> CheckpointReport:
     """Compares a checkpoint state dict with ``model.state_dict()`` without loading anything.
 
@@ -148,10 +197,20 @@ def inspect_checkpoint(
             entries it could not match keep their original names and are matched here by name
             suffix only to tell mis-shaped entries from unexpected ones. Such checkpoints count as
             backbone-only unless they provide weights outside ``backbone.``.
+        counts: the model's sizes that fine-tuning may change, e.g. {"classes": 3, "queries": 100}.
+        reinit: model entries (names or prefixes) that keep their initialisation.
     """
     model_state = model.state_dict()
+    unused = [p for p in reinit if not any(_named_by(k, [p]) for k in model_state)]
+    if unused:
+        raise CheckpointMismatchError(f"MODEL.WEIGHTS_REINIT names no entry of the model: {unused}")
     report = CheckpointReport(source=source, kind="backbone")
+    report.reinitialised = [k for k in model_state if _named_by(k, reinit)]
+    skipped = []
     for key, value in state_dict.items():
+        if _named_by(key, reinit):
+            skipped.append(key)
+            continue
         if key in model_state:
             if tuple(value.shape) == tuple(model_state[key].shape):
                 report.loaded.append(key)
@@ -166,11 +225,18 @@ def inspect_checkpoint(
             report.mis_shaped.append((target, tuple(value.shape), tuple(model_state[target].shape)))
         else:
             report.unexpected.append(key)
-    provided = set(report.loaded) | {k for k, _, _ in report.mis_shaped}
+    # What the checkpoint holds decides its kind, whatever is re-initialised.
+    in_checkpoint = set(report.loaded) | {k for k, _, _ in report.mis_shaped} | set(skipped)
     if not heuristic:
-        provided |= set(report.unexpected)
-    if any(not k.startswith("backbone.") for k in provided):
+        in_checkpoint |= set(report.unexpected)
+    if any(not k.startswith("backbone.") for k in in_checkpoint):
         report.kind = "full"
+    change = _count_change(report.mis_shaped, counts or {})
+    if change:
+        report.reinitialised += [k for k, _, _ in report.mis_shaped]
+        report.mis_shaped = []
+        report.count_change = ", ".join(f"{kind} {old} -> {new}" for kind, (old, new) in change.items())
+    provided = set(report.loaded) | {k for k, _, _ in report.mis_shaped} | set(report.reinitialised)
     report.missing = [k for k in model_state if k not in provided]
     if report.kind == "backbone":
         frozen = _frozen_bn_running_stats(model)
@@ -188,16 +254,40 @@ class Mask2FormerCheckpointer(DetectionCheckpointer):
     Args:
         allowed_mismatch: regular expressions of keys that may be missing, unexpected or
             mis-shaped (they keep the model's initialisation).
+        counts: the model's class / query counts, enabling the fine-tuning rule of the module
+            docstring (None: every mis-shaped entry is an error, e.g. for evaluation).
+        reinit: names or prefixes of model entries that keep their initialisation.
         Other arguments as :class:`DetectionCheckpointer`.
     """
 
     def __init__(
-        self, model, save_dir="", *, allowed_mismatch: Iterable[str] = (), save_to_disk=None, **checkpointables
+        self,
+        model,
+        save_dir="",
+        *,
+        allowed_mismatch: Iterable[str] = (),
+        counts: Optional[Dict[str, int]] = None,
+        reinit: Iterable[str] = (),
+        save_to_disk=None,
+        **checkpointables,
     ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allowed_mismatch = tuple(allowed_mismatch)
+        self.counts = dict(counts or {})
+        self.reinit = tuple(reinit)
         self.last_report: Optional[CheckpointReport] = None
         self._source = "<checkpoint>"
+
+    @classmethod
+    def from_config(cls, cfg, model, save_dir="", **kwargs):
+        """A checkpointer for training ``model`` built from ``cfg``: fine-tuning with other class
+        or query counts re-initialises what depends on them, and MODEL.WEIGHTS_REINIT is applied.
+        Image and video models read the same keys."""
+        counts = {
+            "classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "queries": cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
+        }
+        return cls(model, save_dir, counts=counts, reinit=cfg.MODEL.WEIGHTS_REINIT, **kwargs)
 
     def _load_file(self, filename):
         self._source = filename
@@ -228,7 +318,9 @@ class Mask2FormerCheckpointer(DetectionCheckpointer):
             state_dict = align_and_update_state_dicts(
                 model_state, state_dict, c2_conversion=checkpoint.get("__author__", None) == "Caffe2"
             )
-        report = inspect_checkpoint(self.model, state_dict, self._source, heuristic, self.allowed_mismatch)
+        report = inspect_checkpoint(
+            self.model, state_dict, self._source, heuristic, self.allowed_mismatch, self.counts, self.reinit
+        )
         self.last_report = report
 
         if report.problems:
@@ -236,16 +328,22 @@ class Mask2FormerCheckpointer(DetectionCheckpointer):
             summary = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
             raise CheckpointMismatchError(
                 f"{report}\nNothing was loaded: the checkpoint does not fit the model ({summary}). "
-                "Pass allowed_mismatch=[regex, ...] to re-initialise specific entries deliberately."
+                "To re-initialise specific entries deliberately (fine-tuning), list them in the "
+                "config's MODEL.WEIGHTS_REINIT (or pass allowed_mismatch=[regex, ...] in Python); "
+                "entries sized by MODEL.SEM_SEG_HEAD.NUM_CLASSES / MASK_FORMER.NUM_OBJECT_QUERIES "
+                "are re-initialised when training with a different count."
             )
         if report.missing or report.unexpected or report.mis_shaped or report.defaulted:
             logger.warning(str(report))
+        elif report.reinitialised:
+            logger.info(f"Checkpoint {report.source}: {len(report.loaded)} entries loaded, {report.reinit_summary()}")
         else:
             logger.info(str(report))
 
         loadable = {k: state_dict[k] for k in report.loaded}
         incompatible = self.model.load_state_dict(loadable, strict=False)
         unreported = set(incompatible.missing_keys) - set(report.missing) - set(report.defaulted)
+        unreported -= set(report.reinitialised)
         unreported -= {k for k, _, _ in report.mis_shaped}
         if unreported:
             raise CheckpointMismatchError(f"internal: entries left unloaded without report: {sorted(unreported)}")
@@ -256,9 +354,11 @@ class Mask2FormerCheckpointer(DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
 
-def load_checkpoint(model, path: str, allowed_mismatch: Iterable[str] = ()) -> CheckpointReport:
+def load_checkpoint(
+    model, path: str, allowed_mismatch: Iterable[str] = (), counts: Optional[Dict[str, int]] = None, reinit=()
+) -> CheckpointReport:
     """Loads the model weights of ``path`` into ``model``; returns the report (raises on mismatch)."""
-    checkpointer = Mask2FormerCheckpointer(model, allowed_mismatch=allowed_mismatch)
+    checkpointer = Mask2FormerCheckpointer(model, allowed_mismatch=allowed_mismatch, counts=counts, reinit=reinit)
     checkpointer.load(path)
     if checkpointer.last_report is None:
         raise CheckpointMismatchError(f"{path}: no model weights were read")
