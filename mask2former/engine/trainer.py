@@ -8,12 +8,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.projects.deeplab import build_lr_scheduler
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..data.dataset_mappers import build_train_mapper
+from ..data.train_loader import ResumableTrainLoader, build_resumable_train_loader, restore_rng_states, rng_states
 from ..evaluation import build_evaluator
 from ..test_time_augmentation import SemanticSegmentorWithTTA
 from ..utils.checkpoint import Mask2FormerCheckpointer
@@ -54,18 +56,33 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
-    # Detectron2 v0.6's DefaultTrainer leaves the optimizer (and AMP grad-scaler) state out of its
-    # checkpoints, so --resume restarted AdamW's moments and the learning rate of the first resumed
-    # iteration; newer Detectron2 versions save and load it exactly like this.
+    # What a checkpoint holds so that --resume continues exactly as if never interrupted:
+    # * the optimizer (and AMP grad-scaler) state, which Detectron2 v0.6 leaves out (newer
+    #   versions save it the same way): without it AdamW's moments restart;
+    # * the data stream's position (ResumableTrainLoader), instead of a sampler restarting from
+    #   its seed;
+    # * the global random generators (point sampling of the losses, dropout, ...).
     def state_dict(self):
         state = super().state_dict()
         state["_trainer"] = self._trainer.state_dict()
+        state["rng"] = rng_states()
+        if isinstance(self.data_loader, ResumableTrainLoader):
+            state["data"] = self.data_loader.state_dict()
         return state
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
+        if "data" in state_dict and isinstance(self.data_loader, ResumableTrainLoader):
+            self.data_loader.load_state_dict(state_dict["data"])
+        if "rng" in state_dict:
+            if comm.get_rank() == 0:
+                restore_rng_states(state_dict["rng"])
+            else:
+                # Only the main process's generators are saved; the others get their own seeds,
+                # a function of the iteration, so that their randomness differs from rank 0's.
+                seed_all_rng(_rank_seed(state_dict["iteration"], comm.get_rank()))
 
     def train(self):
         """Train, then return the results of the last evaluation (Detectron2 returns them only
@@ -82,7 +99,18 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        return build_train_loader(cfg, build_train_mapper(cfg))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        # Evaluation during training (EvalHook) must not move the training's random generators
+        # (building a test loader draws from torch's), or a run resumed after an evaluation would
+        # diverge from the uninterrupted one.
+        saved = rng_states()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            restore_rng_states(saved)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -103,6 +131,25 @@ class Trainer(DefaultTrainer):
         ]
         res = cls.test(cfg, model, evaluators)
         return OrderedDict({k + "_TTA": v for k, v in res.items()})
+
+
+def build_train_loader(cfg, mapper):
+    """The training loader: resumable to the exact batch (ResumableTrainLoader) with the default
+    sampler, Detectron2's for the others (whose position is not saved)."""
+    dataset = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
+    if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+        return build_resumable_train_loader(cfg, mapper, dataset)
+    logger.warning(
+        f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN}: --resume will not continue the data "
+        "stream where it stopped (only TrainingSampler's position is saved)."
+    )
+    return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+
+
+def _rank_seed(iteration, rank):
+    return (iteration * 1000003 + rank) % 2**31
 
 
 def _distributed_model(model):

@@ -27,10 +27,11 @@ name prefixes), and mismatches tolerated with ``allowed_mismatch`` (regular expr
 ``re.search``). The report of the last load is ``checkpointer.last_report``.
 """
 import logging
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -48,6 +49,51 @@ _IGNORED_UNEXPECTED = ("pixel_mean", "pixel_std")
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint does not fit the model; nothing was loaded."""
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """A checkpoint file cannot be read (truncated, corrupt); nothing was loaded."""
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Writes ``path`` so that it holds either its previous content or the complete new one,
+    whenever the process is killed: into a temporary file of the same folder, flushed to disk,
+    then renamed over ``path`` (an atomic replacement)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    # The rename itself reaches the disk with the folder's entry.
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _other_checkpoints_advice(folder: str, exclude: str) -> str:
+    """Names the other checkpoints of ``folder`` (newest first) and how to resume from one."""
+    others = [
+        f
+        for f in os.listdir(folder)
+        if f.endswith(".pth") and not f.startswith(".") and f != os.path.basename(exclude)
+    ] if os.path.isdir(folder) else []
+    if not others:
+        return f" No other checkpoint (*.pth) is in {folder}: start again without --resume."
+    others.sort(key=lambda f: os.path.getmtime(os.path.join(folder, f)), reverse=True)
+    last = os.path.join(folder, "last_checkpoint")
+    return (
+        f" Other checkpoints in {folder}, newest first: {', '.join(others)}. To resume from "
+        f"{others[0]}, write its name into {last} (echo {others[0]} > {last}) and run again with --resume."
+    )
 
 
 def _group(keys: Sequence[str], limit: int = 60) -> str:
@@ -293,7 +339,16 @@ class Mask2FormerCheckpointer(DetectionCheckpointer):
         self._source = filename
         if not filename.endswith(".pkl"):
             # .pth goes through torch.load, whose default (weights_only) admits no code either.
-            return super()._load_file(filename)
+            try:
+                return super()._load_file(filename)
+            except (FileNotFoundError, IsADirectoryError):
+                raise
+            except Exception as e:
+                raise UnreadableCheckpointError(
+                    f"Checkpoint {filename} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); it may "
+                    "be truncated or corrupt (e.g. a run killed while saving it)."
+                    + _other_checkpoints_advice(os.path.dirname(os.path.abspath(filename)), filename)
+                ) from e
         # Detectron2 reads .pkl with plain pickle.load, which runs whatever the file names.
         with self.path_manager.open(filename, "rb") as f:
             data = safe_load_pickle(f, source=filename)
@@ -352,6 +407,34 @@ class Mask2FormerCheckpointer(DetectionCheckpointer):
     def load(self, path, *args, **kwargs):
         self.last_report = None
         return super().load(path, *args, **kwargs)
+
+    def resume_or_load(self, path, *, resume=True):
+        if resume and self.has_checkpoint():
+            last = self.get_checkpoint_file()
+            if not os.path.isfile(last):
+                tag = os.path.join(self.save_dir, "last_checkpoint")
+                raise UnreadableCheckpointError(
+                    f"{tag} names '{os.path.relpath(last, self.save_dir)}', which is not a checkpoint file."
+                    + _other_checkpoints_advice(self.save_dir, last)
+                )
+        return super().resume_or_load(path, resume=resume)
+
+    # Both written atomically: a kill while saving leaves the previous checkpoint and a
+    # last_checkpoint naming a complete file.
+    def save(self, name, **kwargs):
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        atomic_write(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename.encode()))
 
 
 def load_checkpoint(
