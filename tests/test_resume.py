@@ -80,10 +80,9 @@ def _assert_bit_identical(a, b):
     assert not different, f"{len(different)} entries differ, e.g. {different[:3]}"
 
 
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_resumed_training_is_bit_identical_to_the_uninterrupted_one(tiny_data, tmp_path, workers):
+def test_resumed_training_is_bit_identical_to_the_uninterrupted_one(tiny_data, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    opts = [*SCHEDULE, "DATALOADER.NUM_WORKERS", workers]
+    opts = [*SCHEDULE, "DATALOADER.NUM_WORKERS", "0"]
     train_net.main(make_args("semantic", straight, tiny_data, *opts))
     # The state of a run interrupted after its iteration-4 checkpoint: that file only.
     resumed.mkdir()
@@ -91,3 +90,107 @@ def test_resumed_training_is_bit_identical_to_the_uninterrupted_one(tiny_data, t
     (resumed / "last_checkpoint").write_text("model_0000003.pth")
     train_net.main(make_args("semantic", resumed, tiny_data, *opts, flags=["--resume"]))
     _assert_bit_identical(_weights(straight), _weights(resumed))
+
+
+def _command(tiny_data, output_dir, *flags):
+    args = make_args("semantic", output_dir, tiny_data, *SCHEDULE, "DATALOADER.NUM_WORKERS", "2", flags=flags)
+    return [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", args.config_file,
+            *flags, *args.opts]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_with_workers_is_bit_identical(tiny_data, tmp_path):
+    # Same number of threads as this process (the order of parallel sums depends on it).
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    subprocess.run(_command(tiny_data, straight), env=env, check=True, capture_output=True)
+
+    run = subprocess.Popen(_command(tiny_data, interrupted), env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tag = interrupted / "last_checkpoint"
+    while not (tag.exists() and tag.read_text() == "model_0000003.pth"):
+        assert run.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGKILL)  # the trainer and its data-loading workers
+    run.wait()
+    assert not (interrupted / "model_final.pth").exists()
+
+    subprocess.run(_command(tiny_data, interrupted, "--resume"), env=env, check=True, capture_output=True)
+    _assert_bit_identical(_weights(straight), _weights(interrupted))
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic checkpoints; unreadable last checkpoint.
+# ---------------------------------------------------------------------------------------------
+def _checkpointer(folder, seed=0):
+    torch.manual_seed(seed)
+    return Mask2FormerCheckpointer(nn.Linear(300, 300), str(folder))
+
+
+def _crash_halfway(monkeypatch):
+    """torch.save / the tag write that die after writing part of the file, as a kill would."""
+
+    def partial_save(obj, f):
+        f.write(b"PK\x03\x04 truncated")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch, "save", partial_save)
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoints_valid(tmp_path, monkeypatch):
+    checkpointer = _checkpointer(tmp_path)
+    checkpointer.save("model_0000003")
+    checkpointer.save("model_final")
+    saved = {k: v.clone() for k, v in checkpointer.model.state_dict().items()}
+    with torch.no_grad():
+        checkpointer.model.weight.add_(1)
+
+    with monkeypatch.context() as patch:
+        _crash_halfway(patch)
+        for name in ("model_0000007", "model_final"):  # a new file, and overwriting one
+            with pytest.raises(KeyboardInterrupt):
+                checkpointer.save(name)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000003.pth", "model_final.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    for name in ("model_0000003.pth", "model_final.pth"):
+        state = torch.load(tmp_path / name, weights_only=True)["model"]
+        assert all(torch.equal(state[k], saved[k]) for k in saved), name
+
+    # The tag itself: a failure while writing it keeps the old one.
+    with monkeypatch.context() as patch:
+        real_replace = os.replace
+
+        def fail_on_tag(src, dst):
+            if dst.endswith("last_checkpoint"):
+                raise KeyboardInterrupt("killed while tagging")
+            real_replace(src, dst)
+
+        patch.setattr(os, "replace", fail_on_tag)
+        with pytest.raises(KeyboardInterrupt):
+            checkpointer.save("model_0000011")
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_unreadable_last_checkpoint_is_named_and_the_previous_one_offered(tmp_path):
+    _checkpointer(tmp_path).save("model_0000003")
+    time.sleep(0.01)
+    (tmp_path / "model_0000007.pth").write_bytes((tmp_path / "model_0000003.pth").read_bytes()[:1000])
+    (tmp_path / "last_checkpoint").write_text("model_0000007.pth")
+    with pytest.raises(UnreadableCheckpointError) as info:
+        _checkpointer(tmp_path, seed=1).resume_or_load("", resume=True)
+    message = str(info.value)
+    assert f"{tmp_path / 'model_0000007.pth'} cannot be read" in message
+    assert "newest first: model_0000003.pth." in message
+    assert f"echo model_0000003.pth > {tmp_path / 'last_checkpoint'}" in message and "--resume" in message
+
+    # Following the advice resumes from the previous checkpoint.
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
+    resumed = _checkpointer(tmp_path, seed=1)
+    resumed.resume_or_load("", resume=True)
+    assert torch.equal(resumed.model.weight, _checkpointer(tmp_path, seed=0).model.weight)
+
+    # A last_checkpoint naming no file (e.g. empty) is reported too.
+    (tmp_path / "last_checkpoint").write_text("")
+    with pytest.raises(UnreadableCheckpointError, match=r"last_checkpoint names '\.', which is not a checkpoint"):
+        _checkpointer(tmp_path).resume_or_load("", resume=True)
