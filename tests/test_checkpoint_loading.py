@@ -401,7 +401,8 @@ def test_weights_reinit_keeps_named_entries_even_when_they_fit(tmp_path):
     source = fresh(0)
     target = fresh(1)
     initial = {k: v.clone() for k, v in target.state_dict().items()}
-    report = load_checkpoint(target, save_pth(tmp_path, source.state_dict()), reinit=["sem_seg_head.mask_embed", "empty_weight"])
+    path = save_pth(tmp_path, source.state_dict())
+    report = load_checkpoint(target, path, reinit=["sem_seg_head.mask_embed", "empty_weight"])
     kept = ["empty_weight", "sem_seg_head.mask_embed.bias", "sem_seg_head.mask_embed.weight"]
     assert sorted(report.reinitialised) == kept and report.count_change == ""
     for k, v in target.state_dict().items():

@@ -13,6 +13,10 @@ files matched by name heuristics, Caffe2 ``.pkl``) that checks the checkpoint ag
   ``.pkl``): the head is expected to be missing and a classifier may be left over; both are
   reported (warning) and allowed. A mis-shaped entry is still an error.
 
+Checkpoints and ``last_checkpoint`` are written atomically (:func:`atomic_write`): a kill while
+saving leaves the previous files intact. A checkpoint that cannot be read raises
+:class:`UnreadableCheckpointError` naming it and the other checkpoints of its folder.
+
 ``.pkl`` files are read with :func:`~mask2former.utils.safe_pickle.safe_load_pickle`, which admits
 only plain data (Detectron2 uses ``pickle.load``, which runs any code a file names).
 
