@@ -28,10 +28,10 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with Mask2Former's data mappers, evaluators, optimizer and LR schedule."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, with three changes: the model is wrapped for distributed training
+        # DefaultTrainer.__init__, with two changes: the model is wrapped for distributed training
         # in a way that also works on CPUs (Detectron2 always passes a GPU index), and checkpoints
         # are loaded by Mask2FormerCheckpointer (a complete report of missing, unexpected and
-        # mis-shaped keys instead of a silent partial load).
+        # mis-shaped keys instead of a silent partial load; written atomically).
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
