@@ -26,3 +26,4 @@ from .data.dataset_mappers import (  # noqa: E402,F401  (dataset mappers, as ups
 )
 from .evaluation.instance_evaluation import InstanceSegEvaluator  # noqa: E402,F401  (as upstream)
 from .evaluation import build_evaluator  # noqa: E402,F401  (evaluators by evaluator_type)
+from .utils import checkpoint  # noqa: E402,F401  (also makes Detectron2's checkpointer read .pkl as data only)

@@ -414,3 +414,24 @@ def test_weights_reinit_keeps_named_entries_even_when_they_fit(tmp_path):
     # "sem_seg_head.mask" is not a name boundary: a typo is an error, not a silent no-op.
     with pytest.raises(CheckpointMismatchError, match=r"WEIGHTS_REINIT names no entry.*sem_seg_head\.mask'"):
         load_checkpoint(fresh(1), save_pth(tmp_path, state), reinit=["sem_seg_head.mask"])
+
+
+def test_detectron2_checkpointer_reads_pkl_as_data_too(tmp_path):
+    """DefaultPredictor (the demo) loads MODEL.WEIGHTS with Detectron2's own checkpointer."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from mask2former.utils.safe_pickle import UnsafePickleError
+
+    victim = tmp_path / "pwned"
+    evil = str(tmp_path / "evil.pkl")
+    with open(evil, "wb") as f:
+        pickle.dump({"model": {"a": _WritesAFile(str(victim))}, "__author__": "x"}, f)
+    with pytest.raises(UnsafePickleError, match="evil.pkl"):
+        DetectionCheckpointer(fresh(1)).load(evil)
+    assert not victim.exists()
+    source, target = fresh(0), fresh(1)
+    good = str(tmp_path / "model.pkl")
+    with open(good, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in source.state_dict().items()}, "__author__": "x"}, f)
+    DetectionCheckpointer(target).load(good)
+    assert_same_state(source, target)

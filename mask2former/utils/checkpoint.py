@@ -298,6 +298,39 @@ def inspect_checkpoint(
     return report
 
 
+def _read_pkl_checkpoint(checkpointer, filename):
+    """A .pkl checkpoint in the layout DetectionCheckpointer expects, read as plain data only
+    (Detectron2 reads it with plain pickle.load, which runs whatever the file names)."""
+    with checkpointer.path_manager.open(filename, "rb") as f:
+        data = safe_load_pickle(f, source=filename)
+    if not isinstance(data, dict):
+        raise CheckpointMismatchError(f"{filename}: expected a dict, got a {type(data).__name__}")
+    if "model" in data and "__author__" in data:  # Detectron2 model-zoo layout
+        checkpointer.logger.info("Reading a file from '{}'".format(data["__author__"]))
+        return data
+    # Caffe2 / Detectron1 layout: detection models keep their arrays under "blobs",
+    # ImageNet classifiers at the top level; the solver's momentum buffers are not weights.
+    blobs = data.get("blobs", data)
+    blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+    return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def _detectron2_load_file_reading_pkl_as_data(load_file):
+    def _load_file(self, filename):
+        if filename.endswith(".pkl"):
+            return _read_pkl_checkpoint(self, filename)
+        return load_file(self, filename)
+
+    _load_file.reads_pkl_as_data = True
+    return _load_file
+
+
+# Detectron2's own checkpointer (DefaultPredictor, the demo, scripts written for upstream) reads
+# .pkl files the same safe way once mask2former is imported.
+if not getattr(DetectionCheckpointer._load_file, "reads_pkl_as_data", False):
+    DetectionCheckpointer._load_file = _detectron2_load_file_reading_pkl_as_data(DetectionCheckpointer._load_file)
+
+
 class Mask2FormerCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that refuses mismatching full-model checkpoints (see module docstring).
 
@@ -341,31 +374,19 @@ class Mask2FormerCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         self._source = filename
-        if not filename.endswith(".pkl"):
-            # .pth goes through torch.load, whose default (weights_only) admits no code either.
-            try:
-                return super()._load_file(filename)
-            except (FileNotFoundError, IsADirectoryError):
-                raise
-            except Exception as e:
-                raise UnreadableCheckpointError(
-                    f"Checkpoint {filename} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); it may "
-                    "be truncated or corrupt (e.g. a run killed while saving it)."
-                    + _other_checkpoints_advice(os.path.dirname(os.path.abspath(filename)), filename)
-                ) from e
-        # Detectron2 reads .pkl with plain pickle.load, which runs whatever the file names.
-        with self.path_manager.open(filename, "rb") as f:
-            data = safe_load_pickle(f, source=filename)
-        if not isinstance(data, dict):
-            raise CheckpointMismatchError(f"{filename}: expected a dict, got a {type(data).__name__}")
-        if "model" in data and "__author__" in data:  # Detectron2 model-zoo layout
-            self.logger.info("Reading a file from '{}'".format(data["__author__"]))
-            return data
-        # Caffe2 / Detectron1 layout: detection models keep their arrays under "blobs",
-        # ImageNet classifiers at the top level; the solver's momentum buffers are not weights.
-        blobs = data.get("blobs", data)
-        blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
-        return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pkl"):
+            return _read_pkl_checkpoint(self, filename)
+        # .pth goes through torch.load, whose default (weights_only) admits no code either.
+        try:
+            return super()._load_file(filename)
+        except (FileNotFoundError, IsADirectoryError):
+            raise
+        except Exception as e:
+            raise UnreadableCheckpointError(
+                f"Checkpoint {filename} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); it may "
+                "be truncated or corrupt (e.g. a run killed while saving it)."
+                + _other_checkpoints_advice(os.path.dirname(os.path.abspath(filename)), filename)
+            ) from e
 
     def _load_model(self, checkpoint):
         state_dict = _strip_prefix(_to_tensors(checkpoint.pop("model")), "module.")
