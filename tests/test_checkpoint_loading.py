@@ -435,3 +435,37 @@ def test_detectron2_checkpointer_reads_pkl_as_data_too(tmp_path):
         pickle.dump({"model": {k: v.numpy() for k, v in source.state_dict().items()}, "__author__": "x"}, f)
     DetectionCheckpointer(target).load(good)
     assert_same_state(source, target)
+
+
+def test_pkl_with_plainly_pickled_torch_tensors_loads_but_not_a_storage_that_runs_code(tmp_path):
+    """Backbones converted by tools that pickle tensors as they are (upstream's Swin converter)
+    hold torch tensors, whose storages torch serialises with torch.save inside the pickle."""
+    from mask2former.utils.safe_pickle import safe_load_pickle
+
+    source = fresh(0)
+    path = str(tmp_path / "converted.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"model": source.state_dict(), "__author__": "third_party", "matching_heuristics": True}, f)
+    target = fresh(1)
+    load_checkpoint(target, path)
+    assert_same_state(source, target)
+
+    # The storage bytes are unpickled as data only as well (torch's own helper would run them).
+    import io
+
+    victim = tmp_path / "pwned"
+    inner = io.BytesIO()
+    pickle.dump(_WritesAFile(str(victim)), inner)
+
+    class StorageLike:
+        def __reduce__(self):
+            import torch.storage
+
+            return torch.storage._load_from_bytes, (inner.getvalue(),)
+
+    evil = str(tmp_path / "evil_storage.pkl")
+    with open(evil, "wb") as f:
+        pickle.dump({"model": {"a": StorageLike()}, "__author__": "x"}, f)
+    with pytest.raises(Exception, match="pathlib|Unsupported|weights_only|Weights only"):
+        safe_load_pickle(evil)
+    assert not victim.exists()

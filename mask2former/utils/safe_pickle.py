@@ -3,10 +3,12 @@
 A pickle names the callables that rebuild its objects, and :func:`pickle.load` imports and calls
 whatever it names: a ``.pkl`` "checkpoint" can run any command. The files this project reads
 (Detectron2 model-zoo models, Caffe2 ImageNet backbones, converted backbones, dataset indexes)
-only hold containers, strings, numbers and NumPy arrays, so :func:`safe_load_pickle` admits the
-few globals those need and refuses any other one with an error naming it and the file.
+only hold containers, strings, numbers, NumPy arrays and (in backbones converted by tools that
+pickle tensors as they are, such as upstream's) torch tensors, so :func:`safe_load_pickle` admits
+the few globals those need and refuses any other one with an error naming it and the file.
 """
 import importlib
+import io
 import pickle
 
 __all__ = ["UnsafePickleError", "safe_load_pickle"]
@@ -24,6 +26,10 @@ _ALLOWED = {
     ("numpy._core.multiarray", "scalar"),
     # Python 3 pickles bytes with protocol < 3 as _codecs.encode(str, "latin1").
     ("_codecs", "encode"),
+    # Torch tensors pickled with plain pickle: a tensor around a storage serialised by torch.save.
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch.storage", "_load_from_bytes"),
 }
 # NumPy 2 moved numpy.core to numpy._core (the old name warns); NumPy 1 has only numpy.core.
 _NUMPY_CORE_NAMES = ("numpy._core.multiarray", "numpy.core.multiarray")
@@ -42,10 +48,13 @@ class _DataOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in _ALLOWED:
             raise UnsafePickleError(
                 f"{self._source} references '{module}.{name}', which is not plain data (admitted: "
-                "dicts, lists, tuples, strings, numbers, NumPy arrays and dtypes); refusing to load "
+                "dicts, lists, tuples, strings, numbers, NumPy arrays and dtypes, torch tensors); refusing to load "
                 "it because unpickling it could run code. If you trust the file, convert it to a "
                 "state dict of tensors (torch.save) in a separate, trusted session."
             )
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            # Torch's own version unpickles the bytes with weights_only=False, i.e. runs them.
+            return _load_storage_from_bytes
         if module in _NUMPY_CORE_NAMES:
             for candidate in _NUMPY_CORE_NAMES:
                 try:
@@ -53,6 +62,12 @@ class _DataOnlyUnpickler(pickle.Unpickler):
                 except ImportError:
                     continue
         return super().find_class(module, name)
+
+
+def _load_storage_from_bytes(data: bytes):
+    import torch
+
+    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 def safe_load_pickle(file, source: str = None, encoding: str = "latin1"):
