@@ -80,6 +80,8 @@ _PATH_KEYS = {"image_root", "sem_seg_root", "classes", "json_file", "panoptic_ro
 
 # name -> spec of the custom datasets registered by this module (to allow identical re-registration).
 _registered_specs = {}
+# Names among them registered without the file checks their spec asks for (register_custom_datasets(validate=False)).
+_unvalidated = set()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,12 +484,14 @@ def register_custom_dataset(spec):
     return name
 
 
-def register_custom_datasets(cfg):
+def register_custom_datasets(cfg, validate=True):
     """
     Register every dataset of ``cfg.DATASETS.CUSTOM``; returns their names.
 
     All of them are parsed and validated before any is registered, so a failure leaves none of
-    them registered; the error lists the problems of every failing dataset.
+    them registered; the error lists the problems of every failing dataset. ``validate=False``
+    only reads the annotations (for the metadata a model needs to predict), whatever the specs
+    say; a later call that validates checks those datasets then.
     """
     specs = [parse_dataset_spec(text) for text in cfg.DATASETS.CUSTOM]
     names = [spec["name"] for spec in specs]
@@ -502,16 +506,24 @@ def register_custom_datasets(cfg):
                 failures.append(
                     f"Custom dataset {name!r}: a different dataset of that name is already registered."
                 )
-            continue
+                continue
+            if not (validate and spec["validate"] and name in _unvalidated):
+                continue
         try:
-            prepared[name] = (spec, *_prepare(spec))
+            prepared[name] = (spec, *_prepare(spec if validate else dict(spec, validate=False)))
         except (DatasetValidationError, ValueError, OSError) as e:
             failures.append(str(e))
     if failures:
         raise DatasetValidationError("\n".join(failures))
     for name, (spec, loader, metadata) in prepared.items():
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
         DatasetCatalog.register(name, loader)
         MetadataCatalog.get(name).set(**metadata)
         _registered_specs[name] = spec
+        if validate or not spec["validate"]:
+            _unvalidated.discard(name)
+        else:
+            _unvalidated.add(name)
         logger.info("Registered custom %s dataset %r", spec["type"], name)
     return names

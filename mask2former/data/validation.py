@@ -227,21 +227,23 @@ _INSTANCE_MAPPERS = ("mask_former_instance", "coco_instance_lsj")
 
 def check_num_classes(cfg):
     """
-    The model must have a class for every label its training data uses: an error naming both
-    numbers if ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` is smaller than the classes of a
-    ``DATASETS.TRAIN`` dataset (its thing classes for instance mappers, all its classes
-    otherwise), which would otherwise fail deep inside the loss or train on wrong labels.
+    The model must have a class for every label its data uses: an error naming the dataset, its
+    number of classes and the key to change if ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` is smaller than
+    the classes of a ``DATASETS.TRAIN`` or ``DATASETS.TEST`` dataset (its thing classes for
+    instance mappers, all its classes otherwise). Otherwise the extra labels silently become
+    "no object" in training, or index past the model's classes in evaluation. Reads metadata only.
     """
     from detectron2.data import MetadataCatalog
 
     instance = cfg.INPUT.DATASET_MAPPER_NAME in _INSTANCE_MAPPERS
     key = "thing_classes" if instance else "stuff_classes"
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    for name in cfg.DATASETS.TRAIN:
-        classes = MetadataCatalog.get(name).get(key, None)
-        if classes is not None and len(classes) > num_classes:
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes} but the training dataset {name!r} has "
-                f"{len(classes)} {key.replace('_', ' ')} (mapper {cfg.INPUT.DATASET_MAPPER_NAME!r}); "
-                f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}."
-            )
+    for split, names in (("training", cfg.DATASETS.TRAIN), ("test", cfg.DATASETS.TEST)):
+        for name in names:
+            classes = MetadataCatalog.get(name).get(key, None)
+            if classes is not None and len(classes) > num_classes:
+                raise ValueError(
+                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes} but the {split} dataset {name!r} has "
+                    f"{len(classes)} {key.replace('_', ' ')} (mapper {cfg.INPUT.DATASET_MAPPER_NAME!r}); "
+                    f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}."
+                )

@@ -13,6 +13,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_maskformer2_config
 from ..data.custom import register_custom_datasets
+from ..data.validation import check_num_classes
 
 logger = logging.getLogger("mask2former")
 
@@ -86,7 +87,10 @@ def replace_sync_batch_norm(cfg, prefix=""):
 
 
 def check_inputs(cfg, resume=False):
-    """Clear errors for unregistered datasets and missing weight files, before expensive work."""
+    """
+    Clear errors for unregistered datasets, too few classes for a dataset's labels and missing
+    weight files, before expensive work.
+    """
     registered = set(DatasetCatalog.list())
     for key in ("TRAIN", "TEST"):
         unknown = [name for name in cfg.DATASETS[key] if name not in registered]
@@ -98,6 +102,7 @@ def check_inputs(cfg, resume=False):
                 f"custom ones via DATASETS.CUSTOM (see GETTING_STARTED.md). "
                 f"The built-in synthetic datasets are {synthetic}."
             )
+    check_num_classes(cfg)
     weights = cfg.MODEL.WEIGHTS
     resuming_from_checkpoint = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     if weights and "://" not in weights and not resuming_from_checkpoint and not os.path.isfile(weights):
