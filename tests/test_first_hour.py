@@ -3,11 +3,22 @@ evaluating without a training set, a custom panoptic set without semantic PNGs."
 # train_net applies the Detectron2 compatibility layer before importing detectron2.
 import train_net  # noqa: I001  isort: skip
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from test_train_net import make_args, tiny_data  # noqa: F401  (tiny_data is a fixture)
+from mask2former.data.synthetic import SYNTHETIC_CATEGORIES
+from mask2former.utils.detectron2_compat import has_compiled_ops as _has_compiled_ops
+from test_train_net import REPO_ROOT, SYNTHETIC_CONFIGS, make_args, tiny_data  # noqa: F401  (tiny_data is a fixture)
+
+SYNTHETIC_PANOPTIC = SYNTHETIC_CONFIGS["panoptic"]
+TINY_MODEL = [
+    "INPUT.MIN_SIZE_TEST", "48", "INPUT.MAX_SIZE_TEST", "64",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+]
 
 
 @pytest.mark.parametrize("split_key", ["DATASETS.TRAIN", "DATASETS.TEST"])
@@ -33,3 +44,93 @@ def test_eval_only_without_a_training_set_takes_the_metadata_from_the_test_set(t
     results = train_net.main(args)
     assert {"panoptic_seg", "sem_seg"} <= set(results)
     assert 0 <= results["panoptic_seg"]["PQ"] <= 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points other than train_net: the demo and the Python API (issue 10, item 6).
+# ---------------------------------------------------------------------------------------------
+def _panoptic_spec(root, name, split="val"):
+    return (
+        f"name={name},type=coco_panoptic,json_file={root}/annotations/panoptic_{split}.json,"
+        f"image_root={root}/{split},panoptic_root={root}/panoptic_{split}"
+    )
+
+
+def test_demo_registers_the_custom_datasets_of_its_config(tiny_data, tmp_path):
+    from demo import demo
+
+    # A name no other test registers: the demo itself must register it.
+    spec = _panoptic_spec(tiny_data["root"], "demo_only_panoptic_val")
+    image = os.path.join(tiny_data["root"], "val", sorted(os.listdir(os.path.join(tiny_data["root"], "val")))[0])
+    out = tmp_path / "drawing.png"
+    demo.main([
+        "--config-file", SYNTHETIC_PANOPTIC, "--input", image, "--output", str(out),
+        "--opts", "DATASETS.CUSTOM", repr([spec]), "DATASETS.TRAIN", "()",
+        "DATASETS.TEST", "('demo_only_panoptic_val',)", "MODEL.WEIGHTS", "", *TINY_MODEL,
+    ])
+    assert os.path.getsize(out) > 0
+    from detectron2.data import MetadataCatalog
+
+    # The class names drawn are the dataset's (read from its json), not Detectron2's placeholders.
+    with open(os.path.join(tiny_data["root"], "annotations", "panoptic_val.json")) as f:
+        names = [c["name"] for c in json.load(f)["categories"]]
+    assert MetadataCatalog.get("demo_only_panoptic_val").stuff_classes == names
+
+
+# Upstream's snippet, in the order it imports things: detectron2 (engine, config) first, then
+# mask2former; no MODEL.DEVICE although this machine has no GPU; a custom dataset in the config.
+UPSTREAM_SNIPPET = """
+import site, sys
+site.addsitedir(sys.argv[1])  # a site-packages folder holding only what scripts/setup.sh installs
+import detectron2
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultPredictor
+from detectron2.projects.deeplab import add_deeplab_config
+import numpy as np
+from mask2former import add_maskformer2_config
+cfg = get_cfg()
+add_deeplab_config(cfg)
+add_maskformer2_config(cfg)
+cfg.merge_from_file(sys.argv[2])
+cfg.merge_from_list(eval(sys.argv[3]))
+predictor = DefaultPredictor(cfg)
+outputs = predictor(np.zeros((48, 64, 3), dtype=np.uint8))
+print("device", predictor.model.device, "outputs", sorted(outputs), outputs["sem_seg"].shape[-2:])
+print("classes", len(MetadataCatalog.get(cfg.DATASETS.TEST[0]).stuff_classes))
+"""
+
+
+def test_upstream_python_snippet_with_detectron2_imported_first(tiny_data, tmp_path):
+    from mask2former.utils.detectron2_compat import STARTUP_HOOK_NAME, install_startup_hook
+
+    site_dir = tmp_path / "site-packages"
+    site_dir.mkdir()
+    install_startup_hook(str(site_dir))
+    assert os.listdir(site_dir) == [STARTUP_HOOK_NAME]
+    spec = _panoptic_spec(tiny_data["root"], "snippet_panoptic_val")
+    opts = ["DATASETS.CUSTOM", [spec], "DATASETS.TRAIN", (), "DATASETS.TEST", ("snippet_panoptic_val",),
+            "MODEL.WEIGHTS", "", *TINY_MODEL]
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [sys.executable, "-c", UPSTREAM_SNIPPET, str(site_dir), SYNTHETIC_PANOPTIC, repr(opts)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "device cpu outputs ['instances', 'panoptic_seg', 'sem_seg'] torch.Size([48, 64])" in lines
+    assert f"classes {len(SYNTHETIC_CATEGORIES)}" in lines
+
+
+def test_compiled_ops_placeholder_also_when_detectron2_was_imported_first():
+    # A fresh interpreter without the start-up hook: detectron2 (and its config) imported before
+    # mask2former; the modules needing detectron2._C import afterwards, and the ops say what is missing.
+    code = (
+        "import detectron2\nfrom detectron2.config import get_cfg\nimport mask2former\n"
+        "from mask2former.utils.detectron2_compat import has_compiled_ops\n"
+        "from detectron2.layers import nms_rotated\nimport detectron2.engine\n"
+        "print('compiled', has_compiled_ops())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["compiled", str(_has_compiled_ops())]

@@ -112,6 +112,20 @@ def check_inputs(cfg, resume=False):
         )
 
 
+def setup_for_inference(config_file, opts=()):
+    """
+    The frozen config of a model to predict with (demos, tools), built and checked as train_net's:
+    on the CPU when there is no GPU, and with the datasets of DATASETS.CUSTOM registered (their
+    metadata gives class names and colours; the files are not checked, no training reads them).
+    """
+    cfg = load_config(config_file, opts)
+    use_cpu_without_cuda(cfg)
+    register_custom_datasets(cfg, validate=False)
+    check_inputs(cfg)
+    cfg.freeze()
+    return cfg
+
+
 def setup(args):
     """Create the config from the command line, check it, and set up logging and the output dir."""
     cfg = load_config(args.config_file, args.opts)
