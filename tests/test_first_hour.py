@@ -163,3 +163,100 @@ def test_panoptic_dataset_without_semantic_pngs_trains_and_evaluates_semantics(t
         ours = np.asarray(Image.open(derived_dir / name))
         generated = np.asarray(Image.open(os.path.join(root, "panoptic_semseg_val", name)))
         np.testing.assert_array_equal(ours, generated)
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom-dataset validation: once per version of the dataset, in one process, logged (item 9).
+# ---------------------------------------------------------------------------------------------
+def _sem_seg_spec(tiny_data, name):
+    root = tiny_data["root"]
+    return (f"name={name},type=sem_seg,image_root={root}/val,sem_seg_root={root}/panoptic_semseg_val,"
+            f"classes={root}/classes.yaml")
+
+
+def _forget(name):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from mask2former.data import custom
+
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+    custom._registered_specs.pop(name)
+
+
+def _count_validations(monkeypatch):
+    from mask2former.data import custom
+
+    calls = []
+    validate = custom.validate_dataset_dicts
+
+    def counting(records, *args, **kwargs):
+        calls.append(len(records))
+        return validate(records, *args, **kwargs)
+
+    monkeypatch.setattr(custom, "validate_dataset_dicts", counting)
+    return calls
+
+
+def test_an_unchanged_dataset_is_validated_once(tiny_data, tmp_path, monkeypatch):
+    from detectron2.config import CfgNode
+
+    from mask2former.data.custom import register_custom_datasets
+
+    monkeypatch.setenv("MASK2FORMER_CACHE", str(tmp_path / "cache"))
+    calls = _count_validations(monkeypatch)
+    # A copy of the masks, so that touching one does not change the shared tiny dataset.
+    import shutil
+
+    masks = tmp_path / "masks"
+    shutil.copytree(os.path.join(tiny_data["root"], "panoptic_semseg_val"), masks)
+    spec = _sem_seg_spec(tiny_data, "once_sem_seg").replace(f"{tiny_data['root']}/panoptic_semseg_val", str(masks))
+    cfg = CfgNode({"DATASETS": CfgNode({"CUSTOM": [spec]})})
+
+    register_custom_datasets(cfg)
+    assert calls == [3]
+    _forget("once_sem_seg")
+    register_custom_datasets(cfg)  # a second start: nothing decoded
+    assert calls == [3]
+    # A file that changed (here only its modification time) makes it a new version.
+    mask = masks / sorted(os.listdir(masks))[0]
+    os.utime(mask, ns=(os.stat(mask).st_atime_ns, os.stat(mask).st_mtime_ns + 10**9))
+    _forget("once_sem_seg")
+    register_custom_datasets(cfg)
+    assert calls == [3, 3]
+
+
+def test_validation_is_logged_to_log_txt(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("MASK2FORMER_CACHE", str(tmp_path / "cache"))
+    spec = _sem_seg_spec(tiny_data, "logged_sem_seg")
+    args = make_args("semantic", tmp_path / "out", tiny_data, "DATASETS.CUSTOM", repr([spec]),
+                     "DATASETS.TRAIN", "()", "DATASETS.TEST", "('logged_sem_seg',)")
+    train_net.setup(args)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "Validating dataset 'logged_sem_seg': checking its 3 images" in log
+    assert "Dataset 'logged_sem_seg' passed validation" in log
+
+
+def _register_in_worker(spec, cache_dir, out_dir):
+    os.environ["MASK2FORMER_CACHE"] = cache_dir
+    import detectron2.utils.comm as comm
+    from detectron2.config import CfgNode
+
+    from mask2former.data import custom
+
+    calls = []
+    validate = custom.validate_dataset_dicts
+    custom.validate_dataset_dicts = lambda records, *a, **k: (calls.append(len(records)), validate(records, *a, **k))[1]
+    custom.register_custom_datasets(CfgNode({"DATASETS": CfgNode({"CUSTOM": [spec]})}))
+    with open(os.path.join(out_dir, f"rank{comm.get_rank()}"), "w") as f:
+        f.write(str(calls))
+
+
+@pytest.mark.slow
+def test_only_the_main_process_validates(tiny_data, tmp_path):
+    from mask2former.utils.launch import launch
+
+    spec = _sem_seg_spec(tiny_data, "two_process_sem_seg")
+    launch(_register_in_worker, 2, dist_url="auto", args=(spec, str(tmp_path / "cache"), str(tmp_path)))
+    assert (tmp_path / "rank0").read_text() == "[3]"
+    assert (tmp_path / "rank1").read_text() == "[]"

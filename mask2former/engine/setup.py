@@ -130,10 +130,14 @@ def setup(args):
     """Create the config from the command line, check it, and set up logging and the output dir."""
     cfg = load_config(args.config_file, args.opts)
     use_cpu_without_cuda(cfg)
-    register_custom_datasets(cfg)
+    # Reading the custom datasets' annotations is enough to check names, class counts and weights
+    # before the output folder exists; checking every file (minutes on a large set, skipped when
+    # the set is unchanged since it last passed) waits until log.txt records it.
+    register_custom_datasets(cfg, validate=False)
     check_inputs(cfg, resume=args.resume)
     cfg.freeze()
     default_setup(cfg, args)
     # Set up the "mask2former" logger (Detectron2's default_setup only sets up "detectron2" and "fvcore").
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
+    register_custom_datasets(cfg)
     return cfg
