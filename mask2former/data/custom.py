@@ -445,7 +445,7 @@ def _validation_cache_file(spec, records):
     """
     The file marking that this exact dataset passed validation: named by a hash of the spec, the
     validation version, and the path, size and modification time of every file the dataset reads
-    (stat only, no decoding: about a second for 100k files). None if a file is missing (the
+    (stat only, no decoding: 0.14 s for 2,000 images and masks). None if a file is missing (the
     validation then reports it).
     """
     paths = {spec[key] for key in ("json_file", "classes", "instances_json") if spec.get(key)}
