@@ -27,7 +27,7 @@ from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from demo.predictor import VisualizationDemo, tile_horizontally  # noqa: E402
-from train_net import check_inputs, load_config, use_cpu_without_cuda  # noqa: E402
+from mask2former.engine import setup_for_inference  # noqa: E402
 
 
 def get_parser():
@@ -63,10 +63,7 @@ def main(argv=None):
     setup_logger(name="fvcore")
     logger = setup_logger(name="mask2former")
     paths = expand_inputs(args.input)
-    cfg = load_config(args.config_file, args.opts)
-    use_cpu_without_cuda(cfg)
-    check_inputs(cfg)
-    cfg.freeze()
+    cfg = setup_for_inference(args.config_file, args.opts)
     demo = VisualizationDemo(cfg, score_threshold=args.confidence_threshold)
 
     single_file = len(paths) == 1 and os.path.splitext(args.output)[1] != ""

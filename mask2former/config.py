@@ -6,6 +6,7 @@ them), so they follow upstream exactly. Keys that belong to optional components 
 custom datasets, ...) are added by functions of their own in this file; `add_maskformer2_config`
 calls them all at its end so callers only need one function.
 """
+import torch
 from detectron2.config import CfgNode as CN
 
 
@@ -94,6 +95,20 @@ def add_maskformer2_config(cfg):
     add_custom_datasets_config(cfg)
     add_dinat_config(cfg)
     add_semask_config(cfg)
+
+    _default_to_cpu_without_cuda(cfg)
+
+
+def _default_to_cpu_without_cuda(cfg):
+    """
+    Detectron2's default MODEL.DEVICE is "cuda", and DefaultPredictor / build_model fail on a
+    machine without CUDA. Every Mask2Former config passes through add_maskformer2_config (the
+    upstream Python snippet calls it before DefaultPredictor), so the default is chosen here; a
+    config file or override that names a device still wins (train_net and the demo also turn an
+    explicit "cuda" into "cpu" when there is no GPU, see mask2former.engine.use_cpu_without_cuda).
+    """
+    if cfg.MODEL.DEVICE == "cuda" and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
 
 
 def add_swin_config(cfg):

@@ -64,6 +64,22 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
+def metadata_dataset_name(cfg) -> str:
+    """
+    The dataset whose metadata (class names, thing/stuff ids) the model is built with: the first
+    training set, or the first test set when a config only evaluates or predicts (--eval-only,
+    DefaultPredictor) and leaves DATASETS.TRAIN empty.
+    """
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    if not names:
+        raise ValueError(
+            "MaskFormer reads its class names and thing/stuff ids from a dataset's metadata, but "
+            "DATASETS.TRAIN and DATASETS.TEST are both empty: name the dataset the model was trained "
+            "on (or one with the same classes) in DATASETS.TEST."
+        )
+    return names[0]
+
+
 @META_ARCH_REGISTRY.register()
 class MaskFormer(nn.Module):
     """Main class for mask classification semantic / panoptic / instance segmentation."""
@@ -135,6 +151,12 @@ class MaskFormer(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        # The model needs its dataset's metadata. Register the config's custom datasets for entry
+        # points that do not (Detectron2's DefaultPredictor, scripts); reading their annotations
+        # is enough here, the files are checked by whatever trains or evaluates on them.
+        from .data.custom import register_custom_datasets
+
+        register_custom_datasets(cfg, validate=False)
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
 
@@ -168,7 +190,7 @@ class MaskFormer(nn.Module):
             "num_queries": mf.NUM_OBJECT_QUERIES,
             "object_mask_threshold": mf.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": mf.TEST.OVERLAP_THRESHOLD,
-            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]),
+            "metadata": MetadataCatalog.get(metadata_dataset_name(cfg)),
             "size_divisibility": mf.SIZE_DIVISIBILITY,
             "sem_seg_postprocess_before_inference": (
                 mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or mf.TEST.PANOPTIC_ON or mf.TEST.INSTANCE_ON
@@ -320,8 +342,8 @@ class MaskFormer(nn.Module):
         ids = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None)
         if ids is None:
             raise KeyError(
-                f"MaskFormer: metadata of dataset '{getattr(self.metadata, 'name', '?')}' (DATASETS.TRAIN[0]) "
-                "has no 'thing_dataset_id_to_contiguous_id', needed by panoptic/instance inference"
+                f"MaskFormer: metadata of dataset '{getattr(self.metadata, 'name', '?')}' (DATASETS.TRAIN[0], "
+                "or DATASETS.TEST[0] when there is no training set) has no 'thing_dataset_id_to_contiguous_id', needed by panoptic/instance inference"
             )
         return torch.as_tensor(sorted(set(ids.values())), dtype=torch.int64)
 

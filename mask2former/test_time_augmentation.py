@@ -26,8 +26,18 @@ original frame (cropped, resized to the requested output size, flipped back).
      the averaged probability exceeds 0.5).
 
 With a single augmentation (one min size, no flip) the outputs equal the model's own.
+
+Sizes of the copies
+-------------------
+Detectron2's default ``TEST.AUG.MIN_SIZES`` (400 ... 1200) and ``MAX_SIZE`` (4000) suit models
+tested at ``INPUT.MIN_SIZE_TEST`` 800. A config that keeps them but tests at another size (the
+synthetic CPU configs test at 128) gets the same sizes relative to its test size, i.e. 0.5x to 1.5x
+``MIN_SIZE_TEST`` in steps of 0.125x (:func:`tta_sizes`); on 96x128 images the defaults made TTA
+hundreds of times slower than plain inference, at scales the model never saw. Configs that set
+sizes of their own keep them.
 """
 import copy
+import logging
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -42,7 +52,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .maskformer_model import resize_to_output
 
-__all__ = ["SemanticSegmentorWithTTA", "align_queries"]
+__all__ = ["SemanticSegmentorWithTTA", "align_queries", "tta_sizes"]
+
+logger = logging.getLogger(__name__)
 
 # Side of the (downsampled) masks used to align queries: enough to tell segments apart, cheap.
 _ALIGN_SIZE = 64
@@ -80,6 +92,26 @@ def align_queries(
     return perm
 
 
+# Detectron2's TEST.AUG defaults, and the test size they were chosen for (its INPUT.MIN_SIZE_TEST).
+_DETECTRON2_AUG_MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
+_DETECTRON2_AUG_MAX_SIZE = 4000
+_DETECTRON2_MIN_SIZE_TEST = 800
+
+
+def tta_sizes(cfg) -> Tuple[Tuple[int, ...], int]:
+    """``(min_sizes, max_size)`` of the TTA copies: ``TEST.AUG.MIN_SIZES`` / ``MAX_SIZE``, unless
+    they are Detectron2's defaults and the model is tested at another size than 800; the defaults
+    are then scaled by ``INPUT.MIN_SIZE_TEST / 800`` (see the module docstring)."""
+    min_sizes, max_size = tuple(cfg.TEST.AUG.MIN_SIZES), cfg.TEST.AUG.MAX_SIZE
+    test_size = cfg.INPUT.MIN_SIZE_TEST
+    keeps_defaults = min_sizes == _DETECTRON2_AUG_MIN_SIZES and max_size == _DETECTRON2_AUG_MAX_SIZE
+    if not keeps_defaults or test_size in (0, _DETECTRON2_MIN_SIZE_TEST):
+        return min_sizes, max_size
+    scale = test_size / _DETECTRON2_MIN_SIZE_TEST
+    scaled = tuple(sorted({max(1, round(size * scale)) for size in min_sizes}))
+    return scaled, max(1, round(max_size * scale))
+
+
 class SemanticSegmentorWithTTA(nn.Module):
     """A MaskFormer with test-time augmentation (see the module docstring for the merge).
 
@@ -101,7 +133,20 @@ class SemanticSegmentorWithTTA(nn.Module):
             model = model.module
         self.cfg = cfg.clone()
         self.model = model
-        self.tta_mapper = tta_mapper if tta_mapper is not None else DatasetMapperTTA(cfg)
+        if tta_mapper is None:
+            min_sizes, max_size = tta_sizes(cfg)
+            if (min_sizes, max_size) != (tuple(cfg.TEST.AUG.MIN_SIZES), cfg.TEST.AUG.MAX_SIZE):
+                logger.info(
+                    "TTA: Detectron2's default TEST.AUG sizes are meant for INPUT.MIN_SIZE_TEST %d; at "
+                    "MIN_SIZE_TEST %d using MIN_SIZES %s, MAX_SIZE %d instead (set TEST.AUG.MIN_SIZES "
+                    "and MAX_SIZE to choose).",
+                    _DETECTRON2_MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST, min_sizes, max_size,
+                )
+            tta_cfg = cfg.clone()
+            tta_cfg.defrost()
+            tta_cfg.TEST.AUG.MIN_SIZES, tta_cfg.TEST.AUG.MAX_SIZE = min_sizes, max_size
+            tta_mapper = DatasetMapperTTA(tta_cfg)
+        self.tta_mapper = tta_mapper
         if batch_size < 1:
             raise ValueError(f"SemanticSegmentorWithTTA: batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size

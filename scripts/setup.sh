@@ -29,7 +29,10 @@ stamp_inputs() {
 }
 STAMP_FILE="$VENV/.mask2former-setup-stamp"
 STAMP="$(stamp_inputs | sha256sum | cut -d' ' -f1)"
-if [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$STAMP" ] \
+COMPAT="$ROOT/mask2former/utils/detectron2_compat.py"
+# The start-up hook that lets detectron2 be imported before mask2former names this checkout's path.
+hook_in_place() { grep -qsF "$COMPAT" "$VENV"/lib/python3.*/site-packages/mask2former_detectron2_compat.pth; }
+if [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$STAMP" ] && hook_in_place \
     && "$VENV/bin/python" -c "import torch, torchvision, detectron2, panopticapi" >/dev/null 2>&1; then
     log "environment up to date ($VENV)"
     exit 0
@@ -77,6 +80,15 @@ if [ -f "$OPS_DIR/make.sh" ]; then
              "Mask2Former still works through its slower pure-PyTorch path." >&2
     fi
 fi
+
+log "installing the start-up hook that lets detectron2 be imported before mask2former"
+"$VENV/bin/python" - "$COMPAT" <<'PY' || die "could not install the detectron2 start-up hook."
+import importlib.util, sys, sysconfig
+spec = importlib.util.spec_from_file_location("detectron2_compat", sys.argv[1])
+compat = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compat)
+compat.install_startup_hook(sysconfig.get_paths()["purelib"])
+PY
 
 "$VENV/bin/python" -c "import mask2former" || die "the environment is installed but 'import mask2former' fails (see above)."
 echo "$STAMP" > "$STAMP_FILE"

@@ -191,3 +191,37 @@ def test_reads_the_image_file_when_not_given(tmp_path):
     (from_file,) = SemanticSegmentorWithTTA(tta_cfg([32], flip=False), model)([{"file_name": path}])
     (plain,) = model([{"image": image}])
     assert_same_outputs(from_file, plain, sem_atol=0)
+
+
+def _tta_config(min_size_test, **aug):
+    cfg = get_cfg()
+    cfg.INPUT.MIN_SIZE_TEST = min_size_test
+    for key, value in aug.items():
+        cfg.TEST.AUG[key] = value
+    return cfg
+
+
+def _copy_sizes(cfg, height, width):
+    """(h, w) of every augmented copy SemanticSegmentorWithTTA would run the model on."""
+    tta = SemanticSegmentorWithTTA(cfg, MaskFormerStub())
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    return sorted({tuple(x["image"].shape[-2:]) for x in tta.tta_mapper({"image": image, "height": height, "width": width})})
+
+
+class MaskFormerStub(nn.Module):
+    """Only the mapper is used; the wrapper needs a module."""
+
+
+def test_default_tta_sizes_follow_a_small_test_size():
+    # Detectron2's defaults are 400..1200 (step 100) with a 4000 cap, for a test size of 800. At test
+    # size 128 the same ratios 0.5..1.5 (step 0.125) give short sides 64, 80, ..., 192 and a cap of
+    # 640: a 96x128 image becomes 64x85 ... 192x256 (long side = short * 128 / 96).
+    expected = [(s, int(s * 128 / 96 + 0.5)) for s in range(64, 193, 16)]
+    assert _copy_sizes(_tta_config(128), 96, 128) == expected
+
+
+def test_tta_sizes_a_config_sets_are_kept():
+    cfg = _tta_config(128, MIN_SIZES=(100, 200), MAX_SIZE=1000)
+    assert _copy_sizes(cfg, 100, 100) == [(100, 100), (200, 200)]
+    # Test size 800 is what the defaults were meant for: unchanged (short sides 400..1200).
+    assert [h for h, _ in _copy_sizes(_tta_config(800), 96, 96)] == list(range(400, 1201, 100))

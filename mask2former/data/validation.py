@@ -13,6 +13,7 @@ import logging
 import os
 
 import numpy as np
+import tqdm
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
@@ -150,7 +151,7 @@ def _num_semantic_classes(metadata):
     return len(classes) if classes else None
 
 
-def validate_dataset_dicts(dataset_dicts, metadata=None, dataset_name="dataset", report=None):
+def validate_dataset_dicts(dataset_dicts, metadata=None, dataset_name="dataset", report=None, progress=False):
     """
     Check every file a list of Detectron2 dataset dicts refers to.
 
@@ -162,6 +163,8 @@ def validate_dataset_dicts(dataset_dicts, metadata=None, dataset_name="dataset",
     Args:
         metadata: the dataset's Metadata (or None: class-range checks are then skipped).
         report (ValidationReport): add to this report instead of raising.
+        progress (bool): show a progress bar (on stderr) and log progress every 10% (sets of
+            1000 images or more), since decoding every file of a large set takes minutes.
 
     Raises:
         DatasetValidationError listing every problem, when `report` is not given.
@@ -173,9 +176,9 @@ def validate_dataset_dicts(dataset_dicts, metadata=None, dataset_name="dataset",
     thing_classes = getattr(metadata, "thing_classes", None) if metadata is not None else None
 
     dataset_dicts = list(dataset_dicts)
-    # Checking decodes every file: show progress on datasets big enough to take a while.
-    progress_every = max(len(dataset_dicts) // 10, 1) if len(dataset_dicts) >= 2000 else None
-    for index, record in enumerate(dataset_dicts):
+    progress_every = max(len(dataset_dicts) // 10, 1) if progress and len(dataset_dicts) >= 1000 else None
+    bar = tqdm.tqdm(dataset_dicts, desc=f"Validating {dataset_name}", unit="image", disable=not progress, mininterval=2)
+    for index, record in enumerate(bar):
         if progress_every and index and index % progress_every == 0:
             logger.info("Validating %s: %d/%d records checked", dataset_name, index, len(dataset_dicts))
         image_path = record.get("file_name")
@@ -227,21 +230,23 @@ _INSTANCE_MAPPERS = ("mask_former_instance", "coco_instance_lsj")
 
 def check_num_classes(cfg):
     """
-    The model must have a class for every label its training data uses: an error naming both
-    numbers if ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` is smaller than the classes of a
-    ``DATASETS.TRAIN`` dataset (its thing classes for instance mappers, all its classes
-    otherwise), which would otherwise fail deep inside the loss or train on wrong labels.
+    The model must have a class for every label its data uses: an error naming the dataset, its
+    number of classes and the key to change if ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` is smaller than
+    the classes of a ``DATASETS.TRAIN`` or ``DATASETS.TEST`` dataset (its thing classes for
+    instance mappers, all its classes otherwise). Otherwise the extra labels silently become
+    "no object" in training, or index past the model's classes in evaluation. Reads metadata only.
     """
     from detectron2.data import MetadataCatalog
 
     instance = cfg.INPUT.DATASET_MAPPER_NAME in _INSTANCE_MAPPERS
     key = "thing_classes" if instance else "stuff_classes"
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    for name in cfg.DATASETS.TRAIN:
-        classes = MetadataCatalog.get(name).get(key, None)
-        if classes is not None and len(classes) > num_classes:
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes} but the training dataset {name!r} has "
-                f"{len(classes)} {key.replace('_', ' ')} (mapper {cfg.INPUT.DATASET_MAPPER_NAME!r}); "
-                f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}."
-            )
+    for split, names in (("training", cfg.DATASETS.TRAIN), ("test", cfg.DATASETS.TEST)):
+        for name in names:
+            classes = MetadataCatalog.get(name).get(key, None)
+            if classes is not None and len(classes) > num_classes:
+                raise ValueError(
+                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes} but the {split} dataset {name!r} has "
+                    f"{len(classes)} {key.replace('_', ' ')} (mapper {cfg.INPUT.DATASET_MAPPER_NAME!r}); "
+                    f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}."
+                )

@@ -13,6 +13,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_maskformer2_config
 from ..data.custom import register_custom_datasets
+from ..data.validation import check_num_classes
 
 logger = logging.getLogger("mask2former")
 
@@ -86,7 +87,10 @@ def replace_sync_batch_norm(cfg, prefix=""):
 
 
 def check_inputs(cfg, resume=False):
-    """Clear errors for unregistered datasets and missing weight files, before expensive work."""
+    """
+    Clear errors for unregistered datasets, too few classes for a dataset's labels and missing
+    weight files, before expensive work.
+    """
     registered = set(DatasetCatalog.list())
     for key in ("TRAIN", "TEST"):
         unknown = [name for name in cfg.DATASETS[key] if name not in registered]
@@ -98,6 +102,7 @@ def check_inputs(cfg, resume=False):
                 f"custom ones via DATASETS.CUSTOM (see GETTING_STARTED.md). "
                 f"The built-in synthetic datasets are {synthetic}."
             )
+    check_num_classes(cfg)
     weights = cfg.MODEL.WEIGHTS
     resuming_from_checkpoint = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     if weights and "://" not in weights and not resuming_from_checkpoint and not os.path.isfile(weights):
@@ -107,14 +112,32 @@ def check_inputs(cfg, resume=False):
         )
 
 
+def setup_for_inference(config_file, opts=()):
+    """
+    The frozen config of a model to predict with (demos, tools), built and checked as train_net's:
+    on the CPU when there is no GPU, and with the datasets of DATASETS.CUSTOM registered (their
+    metadata gives class names and colours; the files are not checked, no training reads them).
+    """
+    cfg = load_config(config_file, opts)
+    use_cpu_without_cuda(cfg)
+    register_custom_datasets(cfg, validate=False)
+    check_inputs(cfg)
+    cfg.freeze()
+    return cfg
+
+
 def setup(args):
     """Create the config from the command line, check it, and set up logging and the output dir."""
     cfg = load_config(args.config_file, args.opts)
     use_cpu_without_cuda(cfg)
-    register_custom_datasets(cfg)
+    # Reading the custom datasets' annotations is enough to check names, class counts and weights
+    # before the output folder exists; checking every file (minutes on a large set, skipped when
+    # the set is unchanged since it last passed) waits until log.txt records it.
+    register_custom_datasets(cfg, validate=False)
     check_inputs(cfg, resume=args.resume)
     cfg.freeze()
     default_setup(cfg, args)
     # Set up the "mask2former" logger (Detectron2's default_setup only sets up "detectron2" and "fvcore").
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
+    register_custom_datasets(cfg)
     return cfg

@@ -146,20 +146,26 @@ class BasePixelDecoder(nn.Module):
             "norm": head.NORM,
         }
 
+    def _top_down(self, features, coarsest):
+        """
+        The FPN pass from the coarsest level to the finest. `coarsest` (the coarsest backbone map,
+        or what replaces it) goes through the first output conv; every finer level adds its 1x1
+        lateral projection to the nearest-neighbour upsampling of the level above and smooths the
+        sum with its own output conv. Returns the finest map and the first
+        `maskformer_num_feature_levels` maps, coarse to fine.
+        """
+        current = self.output_convs[0](coarsest)
+        pyramid = [current]
+        finer_levels = zip(self.in_features[-2::-1], self.lateral_convs[1:], self.output_convs[1:])
+        for name, lateral, smooth in finer_levels:
+            skip = lateral(features[name])
+            current = smooth(skip + F.interpolate(current, size=skip.shape[-2:], mode="nearest"))
+            pyramid.append(current)
+        return current, pyramid[: self.maskformer_num_feature_levels]
+
     def forward_features(self, features):
-        multi_scale_features = []
-        for idx, f in enumerate(self.in_features[::-1]):
-            x = features[f]
-            lateral_conv = self.lateral_convs[idx]
-            output_conv = self.output_convs[idx]
-            if lateral_conv is None:
-                y = output_conv(x)
-            else:
-                cur_fpn = lateral_conv(x)
-                y = output_conv(cur_fpn + F.interpolate(y, size=cur_fpn.shape[-2:], mode="nearest"))
-            if len(multi_scale_features) < self.maskformer_num_feature_levels:
-                multi_scale_features.append(y)
-        return self.mask_features(y), None, multi_scale_features
+        finest, pyramid = self._top_down(features, features[self.in_features[-1]])
+        return self.mask_features(finest), None, pyramid
 
     def forward(self, features, targets=None):
         logging.getLogger(__name__).warning(
@@ -253,18 +259,7 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
         return ret
 
     def forward_features(self, features):
-        multi_scale_features = []
-        transformer_encoder_features = None
-        for idx, f in enumerate(self.in_features[::-1]):
-            x = features[f]
-            lateral_conv = self.lateral_convs[idx]
-            output_conv = self.output_convs[idx]
-            if lateral_conv is None:
-                transformer_encoder_features = self.transformer(self.input_proj(x), None, self.pe_layer(x))
-                y = output_conv(transformer_encoder_features)
-            else:
-                cur_fpn = lateral_conv(x)
-                y = output_conv(cur_fpn + F.interpolate(y, size=cur_fpn.shape[-2:], mode="nearest"))
-            if len(multi_scale_features) < self.maskformer_num_feature_levels:
-                multi_scale_features.append(y)
-        return self.mask_features(y), transformer_encoder_features, multi_scale_features
+        coarsest = features[self.in_features[-1]]
+        encoded = self.transformer(self.input_proj(coarsest), None, self.pe_layer(coarsest))
+        finest, pyramid = self._top_down(features, encoded)
+        return self.mask_features(finest), encoded, pyramid

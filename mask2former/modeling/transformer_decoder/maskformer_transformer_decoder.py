@@ -37,20 +37,20 @@ def build_input_projection(in_channels, hidden_dim, enforce_input_project):
 
 
 class MLP(nn.Module):
-    """Linear layers with ReLU between them (not after the last)."""
+    """A stack of `num_layers` linear layers (input_dim -> hidden_dim ... -> output_dim) with a
+    ReLU after each but the last; the layers are `layers.0`, `layers.1`, ... as in the checkpoints."""
 
     def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
         super().__init__()
         self.num_layers = num_layers
-        h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(
-            nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim])
-        )
+        widths = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(w_in, w_out) for w_in, w_out in zip(widths, widths[1:]))
 
     def forward(self, x):
-        for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
-        return x
+        *hidden, last = self.layers
+        for layer in hidden:
+            x = F.relu(layer(x))
+        return last(x)
 
 
 @TRANSFORMER_DECODER_REGISTRY.register()

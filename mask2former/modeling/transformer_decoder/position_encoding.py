@@ -31,21 +31,28 @@ class PositionEmbeddingSine(nn.Module):
         Returns:
             (N, 2 * num_pos_feats, H, W) float32
         """
+        batch, _, height, width = x.shape
         if mask is None:
-            mask = torch.zeros((x.size(0), x.size(2), x.size(3)), device=x.device, dtype=torch.bool)
-        not_mask = ~mask
-        y_embed = not_mask.cumsum(1, dtype=torch.float32)
-        x_embed = not_mask.cumsum(2, dtype=torch.float32)
+            valid = torch.ones((batch, height, width), dtype=torch.float32, device=x.device)
+        else:
+            valid = (~mask).to(torch.float32)
+        # Coordinates count the valid pixels up to and including each one, down each column (y)
+        # and along each row (x).
+        y_coord = valid.cumsum(1)
+        x_coord = valid.cumsum(2)
         if self.normalize:
-            eps = 1e-6
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+            y_coord = y_coord / (y_coord[:, -1:, :] + 1e-6) * self.scale
+            x_coord = x_coord / (x_coord[:, :, -1:] + 1e-6) * self.scale
+        # Channels 2k and 2k+1 share the wavelength temperature ** (2k / num_pos_feats).
+        pair_start = torch.arange(self.num_pos_feats, device=x.device).div(2, rounding_mode="floor") * 2
+        wavelengths = self.temperature ** (pair_start / self.num_pos_feats)
+        return torch.cat((self._sin_cos(y_coord, wavelengths), self._sin_cos(x_coord, wavelengths)), dim=1)
 
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
-        dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
-
-        pos_x = x_embed[:, :, :, None] / dim_t
-        pos_y = y_embed[:, :, :, None] / dim_t
-        pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
+    @staticmethod
+    def _sin_cos(coord, wavelengths):
+        """(N, H, W) coordinates -> (N, F, H, W): sine on even channels, cosine on odd ones."""
+        phase = coord[:, None, :, :] / wavelengths[None, :, None, None]
+        encoding = torch.empty_like(phase)
+        encoding[:, 0::2] = phase[:, 0::2].sin()
+        encoding[:, 1::2] = phase[:, 1::2].cos()
+        return encoding

@@ -32,6 +32,14 @@ def xavier_init_matrices(module):
             nn.init.xavier_uniform_(p)
 
 
+def residual_block(x, sublayer, norm, dropout, pre_norm):
+    """One residual sub-layer of a transformer layer: ``x + dropout(sublayer(norm(x)))`` when the
+    layer normalises its inputs (pre-norm), else ``norm(x + dropout(sublayer(x)))`` (post-norm)."""
+    if pre_norm:
+        return x + dropout(sublayer(norm(x)))
+    return norm(x + dropout(sublayer(x)))
+
+
 def _clones(module, n):
     return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
 
@@ -56,18 +64,13 @@ class TransformerEncoderLayer(nn.Module):
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, pos=None):
-        if self.normalize_before:
-            src2 = self.norm1(src)
-            q = k = with_pos_embed(src2, pos)
-            src2 = self.self_attn(
-                q, k, value=src2, attn_mask=src_mask, key_padding_mask=src_key_padding_mask
-            )[0]
-            src = src + self.dropout1(src2)
-            return src + self.dropout2(self._ffn(self.norm2(src)))
-        q = k = with_pos_embed(src, pos)
-        src2 = self.self_attn(q, k, value=src, attn_mask=src_mask, key_padding_mask=src_key_padding_mask)[0]
-        src = self.norm1(src + self.dropout1(src2))
-        return self.norm2(src + self.dropout2(self._ffn(src)))
+        def self_attention(x):
+            # Positions are added to queries and keys only; values stay position-free.
+            x_pos = with_pos_embed(x, pos)
+            return self.self_attn(x_pos, x_pos, value=x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask)[0]
+
+        src = residual_block(src, self_attention, self.norm1, self.dropout1, self.normalize_before)
+        return residual_block(src, self._ffn, self.norm2, self.dropout2, self.normalize_before)
 
 
 class TransformerDecoderLayer(nn.Module):
@@ -103,35 +106,23 @@ class TransformerDecoderLayer(nn.Module):
         pos=None,
         query_pos=None,
     ):
-        if self.normalize_before:
-            tgt2 = self.norm1(tgt)
-            q = k = with_pos_embed(tgt2, query_pos)
-            tgt2 = self.self_attn(
-                q, k, value=tgt2, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask
-            )[0]
-            tgt = tgt + self.dropout1(tgt2)
-            tgt2 = self.norm2(tgt)
-            tgt2 = self.multihead_attn(
-                query=with_pos_embed(tgt2, query_pos),
+        def self_attention(x):
+            x_pos = with_pos_embed(x, query_pos)
+            return self.self_attn(x_pos, x_pos, value=x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
+
+        def cross_attention(x):
+            return self.multihead_attn(
+                query=with_pos_embed(x, query_pos),
                 key=with_pos_embed(memory, pos),
                 value=memory,
                 attn_mask=memory_mask,
                 key_padding_mask=memory_key_padding_mask,
             )[0]
-            tgt = tgt + self.dropout2(tgt2)
-            return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
-        q = k = with_pos_embed(tgt, query_pos)
-        tgt2 = self.self_attn(q, k, value=tgt, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
-        tgt = self.norm1(tgt + self.dropout1(tgt2))
-        tgt2 = self.multihead_attn(
-            query=with_pos_embed(tgt, query_pos),
-            key=with_pos_embed(memory, pos),
-            value=memory,
-            attn_mask=memory_mask,
-            key_padding_mask=memory_key_padding_mask,
-        )[0]
-        tgt = self.norm2(tgt + self.dropout2(tgt2))
-        return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
+
+        pre_norm = self.normalize_before
+        tgt = residual_block(tgt, self_attention, self.norm1, self.dropout1, pre_norm)
+        tgt = residual_block(tgt, cross_attention, self.norm2, self.dropout2, pre_norm)
+        return residual_block(tgt, self._ffn, self.norm3, self.dropout3, pre_norm)
 
 
 class TransformerEncoder(nn.Module):
@@ -142,12 +133,9 @@ class TransformerEncoder(nn.Module):
         self.norm = norm
 
     def forward(self, src, mask=None, src_key_padding_mask=None, pos=None):
-        output = src
         for layer in self.layers:
-            output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, pos=pos)
-        if self.norm is not None:
-            output = self.norm(output)
-        return output
+            src = layer(src, src_mask=mask, src_key_padding_mask=src_key_padding_mask, pos=pos)
+        return src if self.norm is None else self.norm(src)
 
 
 def build_detr_encoder(d_model, nhead, num_layers, dim_feedforward, dropout, activation, normalize_before):
@@ -181,11 +169,13 @@ class TransformerDecoder(nn.Module):
         pos=None,
         query_pos=None,
     ):
-        output = tgt
-        intermediate = []
+        def finish(x):
+            return x if self.norm is None else self.norm(x)
+
+        layer_outputs = []
         for layer in self.layers:
-            output = layer(
-                output,
+            tgt = layer(
+                tgt,
                 memory,
                 tgt_mask=tgt_mask,
                 memory_mask=memory_mask,
@@ -195,12 +185,9 @@ class TransformerDecoder(nn.Module):
                 query_pos=query_pos,
             )
             if self.return_intermediate:
-                intermediate.append(self.norm(output) if self.norm is not None else output)
-        if self.return_intermediate:
-            return torch.stack(intermediate)
-        if self.norm is not None:
-            output = self.norm(output)
-        return output.unsqueeze(0)
+                layer_outputs.append(finish(tgt))
+        # A leading layer axis either way: every layer's output, or only the last one's.
+        return torch.stack(layer_outputs) if self.return_intermediate else finish(tgt)[None]
 
 
 class Transformer(nn.Module):
