@@ -422,7 +422,8 @@ class ViTAdapter(nn.Module):
         for name, values in (("window_attn", window_attn), ("window_size", window_size)):
             if len(values) != depth:
                 raise ValueError(f"ViT-Adapter: {name} has {len(values)} entries, depth is {depth}")
-        interaction_indexes = [list(stage) for stage in interaction_indexes]
+        # Like the original, a stage runs blocks stage[0] .. stage[-1].
+        interaction_indexes = [(stage[0], stage[-1]) for stage in interaction_indexes]
         covered = [i for first, last in interaction_indexes for i in range(first, last + 1)]
         if covered != list(range(depth)):
             raise ValueError(
