@@ -32,7 +32,7 @@ def main(argv=None):
     parser.add_argument("input", help="BEiT / BEiTv2 checkpoint (.pth)")
     parser.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="config whose backbone the result must fit")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides, KEY VALUE pairs")
     args = parser.parse_args(argv)
     try:
         cfg, model = build_meta_model(args.config_file, args.opts)

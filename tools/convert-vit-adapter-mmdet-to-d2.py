@@ -44,8 +44,13 @@ def main(argv=None):
     parser.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="config whose model the result must fit")
     parser.add_argument("--weights", choices=("live", "ema"), default="live")
+    parser.add_argument(
+        "--keep-class-order",
+        action="store_true",
+        help="the classifier is already in the dataset's class order (a dataset other than COCO panoptic)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not list every mapped entry")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides, KEY VALUE pairs")
     args = parser.parse_args(argv)
 
     def log(message):
@@ -56,11 +61,14 @@ def main(argv=None):
         cfg, model = build_meta_model(args.config_file, args.opts)
         from detectron2.data import MetadataCatalog
 
-        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0])
+        class_perm = None
+        if not args.keep_class_order:
+            metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0])
+            class_perm = class_permutation(metadata.get("stuff_dataset_id_to_contiguous_id", {}))
         state_dict = load_state_dict(args.input)
         converted = convert_mmdet(
             state_dict,
-            class_perm=class_permutation(metadata.stuff_dataset_id_to_contiguous_id),
+            class_perm=class_perm,
             use_ema=args.weights == "ema",
             no_object_weight=cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT,
             log=log,
