@@ -102,10 +102,17 @@ class BEiTAttention(nn.Module):
             bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias).view(batch, tokens, 3, self.num_heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        logits = (q * self.scale) @ k.transpose(-2, -1) + self.relative_position_bias().unsqueeze(0)
-        weights = self.attn_drop(logits.softmax(dim=-1))
-        out = (weights @ v).transpose(1, 2).reshape(batch, tokens, channels)
-        return self.proj_drop(self.proj(out))
+        # PyTorch's fused attention: the (N x N) logits of the 56x56 windows (3136 tokens) are the
+        # largest tensors of the model; the fused kernel does not keep softmax copies of them.
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=self.relative_position_bias().unsqueeze(0).to(q.dtype),
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+            scale=self.scale,
+        )
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, channels)))
 
     def forward(self, x, H, W):
         if not self.windowed:
