@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "ConversionError",
     "COCO_PANOPTIC_MMDET_CATEGORY_IDS",
+    "class_permutation",
     "mmdet_name_to_d2",
     "convert_mmdet",
     "convert_beit",
