@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks as d2_hooks
 
 
 def _unwrap(model):
@@ -82,4 +82,10 @@ def add_ema_hook(cfg, trainer, hooks):
     ema = ModelEMA(trainer._trainer.model, cfg.MODEL_EMA.MOMENTUM, cfg.MODEL_EMA.WARMUP_ITERS)
     trainer.checkpointer.add_checkpointable("model_ema", ema)
     trainer.model_ema = ema
-    return [ema] + list(hooks)
+    hooks = list(hooks)
+    # After the timer and LR hooks, before anything that saves or evaluates the model.
+    position = next(
+        (i for i, h in enumerate(hooks) if isinstance(h, (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook))),
+        len(hooks),
+    )
+    return hooks[:position] + [ema] + hooks[position:]
