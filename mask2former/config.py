@@ -95,6 +95,7 @@ def add_maskformer2_config(cfg):
     add_custom_datasets_config(cfg)
     add_dinat_config(cfg)
     add_semask_config(cfg)
+    add_vit_adapter_config(cfg)
 
     _default_to_cpu_without_cuda(cfg)
 
@@ -182,3 +183,63 @@ def add_semask_config(cfg):
     # whole map). "auto" follows the original code, which makes it global exactly when
     # SEM_SEG_HEAD.NUM_CLASSES == 150; the published ADE20K SeMask models depend on that.
     cfg.MODEL.SWIN.SEM_LAST_STAGE_ATTENTION = "auto"
+
+
+def add_vit_adapter_config(cfg):
+    """
+    Keys of the ViT-Adapter backbone (`D2ViTAdapter`) and of the parts of its recipe that Mask2Former's
+    own configs do not use: layer-wise learning-rate decay, an exponential moving average of the
+    weights, and the pre-crop resize of DETR's augmentation (mapper ``coco_panoptic_detr``).
+
+    MODEL.VIT_ADAPTER mirrors the arguments of the original ``BEiTAdapter``; the defaults are those of
+    its published BEiTv2-L COCO panoptic model.
+    """
+    cfg.MODEL.VIT_ADAPTER = CN()
+    cfg.MODEL.VIT_ADAPTER.PATCH_SIZE = 16
+    cfg.MODEL.VIT_ADAPTER.EMBED_DIM = 1024
+    cfg.MODEL.VIT_ADAPTER.DEPTH = 24
+    cfg.MODEL.VIT_ADAPTER.NUM_HEADS = 16
+    cfg.MODEL.VIT_ADAPTER.MLP_RATIO = 4.0
+    cfg.MODEL.VIT_ADAPTER.QKV_BIAS = True
+    cfg.MODEL.VIT_ADAPTER.DROP_RATE = 0.0
+    cfg.MODEL.VIT_ADAPTER.ATTN_DROP_RATE = 0.0
+    cfg.MODEL.VIT_ADAPTER.DROP_PATH_RATE = 0.4
+    # Layer scale: initial gamma_1 / gamma_2 of the blocks and gamma of the injectors.
+    cfg.MODEL.VIT_ADAPTER.INIT_VALUES = 1e-6
+    # One value, or one per block.
+    cfg.MODEL.VIT_ADAPTER.WINDOW_ATTN = [True] * 24
+    cfg.MODEL.VIT_ADAPTER.WINDOW_SIZE = [14, 14, 14, 14, 14, 56] * 4
+    cfg.MODEL.VIT_ADAPTER.CONV_INPLANE = 64
+    cfg.MODEL.VIT_ADAPTER.N_POINTS = 4
+    cfg.MODEL.VIT_ADAPTER.DEFORM_NUM_HEADS = 16
+    cfg.MODEL.VIT_ADAPTER.CFFN_RATIO = 0.25
+    cfg.MODEL.VIT_ADAPTER.DEFORM_RATIO = 0.5
+    cfg.MODEL.VIT_ADAPTER.WITH_CFFN = True
+    # [first, last] ViT block of each interaction stage.
+    cfg.MODEL.VIT_ADAPTER.INTERACTION_INDEXES = [[0, 5], [6, 11], [12, 17], [18, 23]]
+    cfg.MODEL.VIT_ADAPTER.ADD_VIT_FEATURE = True
+    # "new": the final ViT tokens are added to all four outputs (the original's default); "old": each
+    # interaction stage's tokens to the output of its scale.
+    cfg.MODEL.VIT_ADAPTER.VERSION = "new"
+    # Norm of the spatial prior module and of the four outputs (SyncBatchNorm in the original).
+    cfg.MODEL.VIT_ADAPTER.NORM = "SyncBN"
+    cfg.MODEL.VIT_ADAPTER.USE_CHECKPOINT = False
+    cfg.MODEL.VIT_ADAPTER.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+    # Layer-wise lr decay (BEiT's): the lr of ViT block i is multiplied by RATE ** (NUM_LAYERS - i),
+    # the patch embedding's by RATE ** (NUM_LAYERS + 1), everything else's by 1; 1-D parameters and
+    # biases get no weight decay. Replaces BACKBONE_MULTIPLIER and the per-type weight decays.
+    cfg.SOLVER.LAYER_DECAY = CN()
+    cfg.SOLVER.LAYER_DECAY.ENABLED = False
+    cfg.SOLVER.LAYER_DECAY.RATE = 0.9
+    cfg.SOLVER.LAYER_DECAY.NUM_LAYERS = 24
+
+    # Exponential moving average of the model state (mask2former/engine/ema.py), saved in checkpoints
+    # as "model_ema". Momentum at iteration t: (1 - MOMENTUM) * exp(-(t + 1) / WARMUP_ITERS) + MOMENTUM.
+    cfg.MODEL_EMA = CN()
+    cfg.MODEL_EMA.ENABLED = False
+    cfg.MODEL_EMA.MOMENTUM = 1e-4
+    cfg.MODEL_EMA.WARMUP_ITERS = 2000
+
+    # DETR augmentation: short sides to choose from before its random crop.
+    cfg.INPUT.CROP.PRE_CROP_MIN_SIZES = [400, 500, 600]

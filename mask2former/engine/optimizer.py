@@ -8,6 +8,8 @@ import torch
 
 from detectron2.solver.build import maybe_add_gradient_clipping
 
+from .layer_decay import layer_decay_hyperparams
+
 _NORM_MODULE_TYPES = (
     torch.nn.BatchNorm1d,
     torch.nn.BatchNorm2d,
@@ -46,6 +48,8 @@ def build_optimizer(cfg, model):
                 hyperparams["weight_decay"] = cfg.SOLVER.WEIGHT_DECAY_NORM
             if isinstance(module, torch.nn.Embedding):
                 hyperparams["weight_decay"] = cfg.SOLVER.WEIGHT_DECAY_EMBED
+            if cfg.SOLVER.LAYER_DECAY.ENABLED:
+                hyperparams = layer_decay_hyperparams(cfg, f"{module_name}.{param_name}", value)
             params.append({"params": [value], **hyperparams})
 
     clip = cfg.SOLVER.CLIP_GRADIENTS

@@ -19,6 +19,7 @@ from ..data.train_loader import ResumableTrainLoader, build_resumable_train_load
 from ..evaluation import build_evaluator
 from ..test_time_augmentation import SemanticSegmentorWithTTA
 from ..utils.checkpoint import Mask2FormerCheckpointer
+from .ema import add_ema_hook
 from .optimizer import build_optimizer
 
 logger = logging.getLogger("mask2former")
@@ -90,6 +91,9 @@ class Trainer(DefaultTrainer):
         super().train()
         # Set by the evaluation hook of DefaultTrainer.build_hooks() after each evaluation.
         return getattr(self, "_last_eval_results", OrderedDict())
+
+    def build_hooks(self):
+        return add_ema_hook(self.cfg, self, super().build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

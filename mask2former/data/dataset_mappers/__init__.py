@@ -1,6 +1,9 @@
 """Training dataset mappers, chosen by ``INPUT.DATASET_MAPPER_NAME``."""
 from .coco_instance_new_baseline_dataset_mapper import COCOInstanceNewBaselineDatasetMapper
-from .coco_panoptic_new_baseline_dataset_mapper import COCOPanopticNewBaselineDatasetMapper
+from .coco_panoptic_new_baseline_dataset_mapper import (
+    COCOPanopticDETRDatasetMapper,
+    COCOPanopticNewBaselineDatasetMapper,
+)
 from .color_augmentation import ColorAugSSDTransform
 from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
 from .mask_former_panoptic_dataset_mapper import MaskFormerPanopticDatasetMapper
@@ -11,6 +14,7 @@ __all__ = [
     "build_train_mapper",
     "ColorAugSSDTransform",
     "COCOInstanceNewBaselineDatasetMapper",
+    "COCOPanopticDETRDatasetMapper",
     "COCOPanopticNewBaselineDatasetMapper",
     "MaskFormerInstanceDatasetMapper",
     "MaskFormerPanopticDatasetMapper",
@@ -24,6 +28,7 @@ DATASET_MAPPERS = {
     "mask_former_instance": MaskFormerInstanceDatasetMapper,
     "coco_instance_lsj": COCOInstanceNewBaselineDatasetMapper,
     "coco_panoptic_lsj": COCOPanopticNewBaselineDatasetMapper,
+    "coco_panoptic_detr": COCOPanopticDETRDatasetMapper,
 }
 
 

@@ -4,10 +4,10 @@ from detectron2.data import detection_utils as utils
 from detectron2.structures import BitMasks
 
 from .coco_instance_new_baseline_dataset_mapper import valid_region
-from .common import LargeScaleJitterDatasetMapper, instances_from_masks
+from .common import LargeScaleJitterDatasetMapper, detr_augmentations, instances_from_masks
 from .mask_former_panoptic_dataset_mapper import panoptic_ids, panoptic_targets
 
-__all__ = ["COCOPanopticNewBaselineDatasetMapper"]
+__all__ = ["COCOPanopticNewBaselineDatasetMapper", "COCOPanopticDETRDatasetMapper"]
 
 
 class COCOPanopticNewBaselineDatasetMapper(LargeScaleJitterDatasetMapper):
@@ -40,3 +40,14 @@ class COCOPanopticNewBaselineDatasetMapper(LargeScaleJitterDatasetMapper):
             instances.gt_boxes = BitMasks(instances.gt_masks).get_bounding_boxes()
             dataset_dict["instances"] = instances
         return dataset_dict
+
+
+class COCOPanopticDETRDatasetMapper(COCOPanopticNewBaselineDatasetMapper):
+    """The same targets with DETR's augmentation (:func:`detr_augmentations`) instead of LSJ: the
+    recipe of MMDetection's Mask2Former and ViT-Adapter (``INPUT.DATASET_MAPPER_NAME: coco_panoptic_detr``)."""
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        args = super().from_config(cfg, is_train)
+        args["tfm_gens"] = detr_augmentations(cfg)
+        return args

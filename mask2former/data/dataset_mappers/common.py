@@ -52,6 +52,51 @@ def large_scale_jitter_augmentations(cfg):
     return augmentations
 
 
+class RandomChoice(T.Augmentation):
+    """Applies one of several augmentation sequences, picked uniformly at random per image."""
+
+    def __init__(self, policies):
+        super().__init__()
+        self.policies = [T.AugmentationList(policy) for policy in policies]
+
+    def __call__(self, aug_input):
+        return self.policies[np.random.randint(len(self.policies))](aug_input)
+
+    def __repr__(self):
+        return f"RandomChoice({self.policies})"
+
+
+def detr_augmentations(cfg):
+    """
+    DETR's training augmentation (also MMDetection's Mask2Former/ViT-Adapter recipe): flip, then with
+    probability 1/2 either resize the short side to one of INPUT.MIN_SIZE_TRAIN (long side at most
+    INPUT.MAX_SIZE_TRAIN), or first resize the short side to one of INPUT.CROP.PRE_CROP_MIN_SIZES, take
+    a random INPUT.CROP (e.g. "absolute_range" 384-600) and then do that multi-scale resize.
+    """
+    augmentations = []
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augmentations.append(
+            T.RandomFlip(
+                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+            )
+        )
+
+    def multi_scale_resize():
+        return T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        )
+
+    if not cfg.INPUT.CROP.ENABLED:
+        return augmentations + [multi_scale_resize()]
+    crop_policy = [
+        T.ResizeShortestEdge(cfg.INPUT.CROP.PRE_CROP_MIN_SIZES, cfg.INPUT.MAX_SIZE_TRAIN, "choice"),
+        T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE),
+        multi_scale_resize(),
+    ]
+    return augmentations + [RandomChoice([[multi_scale_resize()], crop_policy])]
+
+
 class LargeScaleJitterDatasetMapper:
     """
     What the large-scale-jitter ("new baseline") mappers share: their configuration (training

@@ -3,7 +3,7 @@ import warnings
 
 import torch
 from torch import nn
-from torch.nn.init import constant_, xavier_uniform_
+from torch.nn.init import xavier_uniform_
 
 from ..functions.ms_deform_attn_func import ms_deform_attn
 
@@ -32,46 +32,70 @@ class MSDeformAttn(nn.Module):
     its reference point, with softmax weights over the ``n_levels * n_points`` samples of a head.
     """
 
-    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4):
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, ratio=1.0):
+        """
+        Args:
+            ratio: width of the sampled values relative to ``d_model`` (ViT-Adapter samples values of
+                ``int(d_model * ratio)`` channels and projects them back to ``d_model``); 1.0, the
+                default, is Deformable DETR's and Mask2Former's module, parameter for parameter.
+        """
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError("d_model must be divisible by n_heads, but got {} and {}".format(d_model, n_heads))
-        head_dim = d_model // n_heads
+        value_dim = int(d_model * ratio)
+        if value_dim <= 0 or value_dim % n_heads != 0:
+            raise ValueError(
+                "MSDeformAttn: the value width int(d_model * ratio) = int({} * {}) = {} must be positive and "
+                "divisible by n_heads = {}".format(d_model, ratio, value_dim, n_heads)
+            )
+        head_dim = value_dim // n_heads
         if not _is_power_of_2(head_dim):
             warnings.warn(
-                "MSDeformAttn: d_model / n_heads = {} is not a power of 2; the CUDA kernel is most efficient "
-                "when it is.".format(head_dim)
+                "MSDeformAttn: the per-head value width {} is not a power of 2; the CUDA kernel is most "
+                "efficient when it is.".format(head_dim)
             )
         # Upstream's value; it bounds how many images the CUDA kernel processes per launch.
         self.im2col_step = 64
         self.d_model = d_model
+        self.value_dim = value_dim
         self.n_levels = n_levels
         self.n_heads = n_heads
         self.n_points = n_points
+        self.ratio = ratio
 
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
+        self.value_proj = nn.Linear(d_model, value_dim)
+        self.output_proj = nn.Linear(value_dim, d_model)
         self._reset_parameters()
 
+    def _initial_offsets(self):
+        """The (n_heads, n_levels, n_points, 2) starting offsets, in pixels of each level.
+
+        Heads fan out evenly around the reference point: head h points along the angle 2*pi*h/n_heads,
+        its direction vector stretched until its longer component is +-1 (so the first point of every
+        head lands on one of the 8 neighbouring pixels), and its k-th point (k = 1..n_points) lies k
+        such steps away. All levels start alike.
+        """
+        angle = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        step = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+        step = step / step.abs().amax(dim=1, keepdim=True)
+        distance = torch.arange(1, self.n_points + 1, dtype=torch.float32)
+        offsets = step[:, None, None, :] * distance[None, None, :, None]
+        return offsets.expand(self.n_heads, self.n_levels, self.n_points, 2)
+
     def _reset_parameters(self):
-        # Offsets start as a fixed pattern: head h looks along direction 2*pi*h/n_heads (scaled so the
-        # larger coordinate is 1), point i at distance i+1, the same on every level.
-        constant_(self.sampling_offsets.weight.data, 0.0)
-        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
-        directions = torch.stack([angles.cos(), angles.sin()], -1)
-        directions = directions / directions.abs().max(-1, keepdim=True)[0]
-        distances = torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, self.n_points, 1)
-        grid = directions.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1) * distances
+        # Offsets: no dependence on the query at first (zero weight); the bias holds the fixed fan of
+        # points above. Attention: zero logits, i.e. every sample of a head weighs the same. The value
+        # and output projections are Xavier-uniform with zero bias. The two Xavier draws are the only
+        # random numbers taken, value_proj's first, so a seeded build gives the same weights as
+        # Deformable DETR's module.
         with torch.no_grad():
-            self.sampling_offsets.bias = nn.Parameter(grid.reshape(-1))
-        constant_(self.attention_weights.weight.data, 0.0)
-        constant_(self.attention_weights.bias.data, 0.0)
-        xavier_uniform_(self.value_proj.weight.data)
-        constant_(self.value_proj.bias.data, 0.0)
-        xavier_uniform_(self.output_proj.weight.data)
-        constant_(self.output_proj.bias.data, 0.0)
+            self.sampling_offsets.weight.zero_()
+            self.sampling_offsets.bias.copy_(self._initial_offsets().reshape(-1))
+            self.attention_weights.weight.zero_()
+            self.attention_weights.bias.zero_()
+            for projection in (self.value_proj, self.output_proj):
+                xavier_uniform_(projection.weight)
+                projection.bias.zero_()
 
     def _check_inputs(self, query, reference_points, input_flatten, input_padding_mask):
         if query.dim() != 3 or query.shape[2] != self.d_model:
@@ -130,7 +154,7 @@ class MSDeformAttn(nn.Module):
         self._check_inputs(query, reference_points, input_flatten, input_padding_mask)
         batch, num_queries, _ = query.shape
         num_values = input_flatten.shape[1]
-        head_dim = self.d_model // self.n_heads
+        head_dim = self.value_dim // self.n_heads
 
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
