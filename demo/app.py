@@ -231,7 +231,8 @@ def build_ui(service, examples=()):
                                     elem_id="overlap", label="Panoptic overlap (minimum visible part of a mask)")
                 run = gr.Button("Segment", variant="primary", elem_id="segment")
                 if examples:
-                    gr.Examples(examples=[[e] for e in examples], inputs=[upload], label="Examples")
+                    with gr.Column(elem_id="examples"):
+                        gr.Examples(examples=[[e] for e in examples], inputs=[upload], label="Examples")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
                 overlay = gr.Image(label="Overlay", type="numpy", interactive=False, elem_id="overlay")

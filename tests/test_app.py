@@ -192,6 +192,15 @@ def test_app_in_headless_chromium(weights, tmp_path):
                 page.wait_for_function("document.querySelector('#status').innerText.includes('Error')", timeout=60_000)
                 assert "holiday.jpg: not an image" in page.inner_text("#status")
                 page.screenshot(path=str(tmp_path / "app_error.png"), full_page=True)
+
+                # The server survived; the example works too, on the semantic task this time.
+                page.locator("#examples").get_by_text("example.png").click()
+                page.wait_for_selector("#upload >> text=example")
+                page.locator("#task").get_by_text("semantic").click()
+                page.click("#segment")
+                page.wait_for_function("document.querySelector('#status').innerText.includes('semantic segment')",
+                                       timeout=60_000)
+                assert "example.png: 160x128" in page.inner_text("#status")
             finally:
                 browser.close()
         assert process.poll() is None, "the server stopped"
