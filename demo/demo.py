@@ -166,11 +166,11 @@ def draw_frame(demo, frame_bgr):
     return frame_bgr
 
 
-def run_on_capture(demo, capture, name, output, fps=None, total=None):
+def run_on_capture(demo, capture, name, output, total=None):
     """Draws every frame of `capture` into the mp4 `output` (or a window); returns the frame count."""
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    fps = fps or capture.get(cv2.CAP_PROP_FPS) or 30.0
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0  # some cameras report 0
     writer = None
     if output:
         writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
