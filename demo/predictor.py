@@ -6,7 +6,23 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine.defaults import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-__all__ = ["draw_predictions", "tile_horizontally", "VisualizationDemo"]
+from mask2former import model_zoo
+from mask2former.engine import setup_for_inference
+from mask2former.utils.checkpoint import Mask2FormerCheckpointer
+
+__all__ = ["config_from_args", "draw_predictions", "tile_horizontally", "VisualizationDemo"]
+
+
+def config_from_args(config_file=None, model=None, opts=()):
+    """
+    The frozen config of a demo: from `config_file`, or from model-zoo name `model` (whose
+    published weights become MODEL.WEIGHTS unless `opts` set it), plus `opts` overrides; on the
+    CPU when there is no GPU, with DATASETS.CUSTOM registered and weights/datasets checked.
+    """
+    if model:
+        opts = ["MODEL.WEIGHTS", model_zoo.get_checkpoint_url(model), *opts]
+        config_file = model_zoo.get_config_file(model)
+    return setup_for_inference(config_file, opts)
 
 
 def draw_predictions(
@@ -59,7 +75,14 @@ class VisualizationDemo:
         self.metadata = MetadataCatalog.get(dataset)
         self.score_threshold = score_threshold
         self.instance_mode = instance_mode
-        self.predictor = DefaultPredictor(cfg)
+        # DefaultPredictor's own loader would accept a checkpoint that fits only in part; load
+        # with the checkpointer that refuses it instead.
+        random_init = cfg.clone()
+        random_init.defrost()
+        random_init.MODEL.WEIGHTS = ""
+        self.predictor = DefaultPredictor(random_init)
+        if cfg.MODEL.WEIGHTS:
+            Mask2FormerCheckpointer(self.predictor.model).load(cfg.MODEL.WEIGHTS)
 
     @torch.no_grad()
     def run_on_image(self, image_bgr):

@@ -11,6 +11,11 @@ from .utils import detectron2_compat  # noqa: E402
 
 detectron2_compat.apply()
 
+from .utils.download import register_url_handler  # noqa: E402
+
+# MODEL.WEIGHTS may be a URL: downloaded once into a cache, resumably (see utils/download.py).
+register_url_handler()
+
 from . import modeling  # noqa: E402,F401  (registers backbones/heads)
 from .config import add_maskformer2_config  # noqa: E402,F401
 from .maskformer_model import MaskFormer  # noqa: E402,F401  (registers the meta-architecture)

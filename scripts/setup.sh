@@ -12,6 +12,7 @@ PYTHON="${PYTHON:-python3.11}"
 D2_SDIST_VERSION="0.6"
 D2_SDIST_SHA256="5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 PANOPTICAPI_VERSION="0.2.0"
+GRADIO_VERSION="6.31.0"
 OPS_DIR="mask2former/modeling/pixel_decoder/ops"
 
 log() { echo "[setup] $*"; }
@@ -22,6 +23,21 @@ pip_quiet() { "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "is ignored: it is
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found. Mask2Former is set up and tested with Python 3.11; install it (e.g. apt-get install python3.11 python3.11-venv) or point PYTHON at a 3.11 interpreter."
 PY_VERSION="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 [ "$PY_VERSION" = "3.11" ] || die "$PYTHON is Python $PY_VERSION; the pinned torch/detectron2 stack needs Python 3.11. Set PYTHON=python3.11."
+
+# The browser test of demo/app.py drives Debian's chromium (Playwright's own browser download
+# cannot work without internet). Checked before the stamp: the venv may be current without it.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing Debian's chromium for the browser test (apt-get)"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } > /tmp/mask2former_chromium_install.log 2>&1; then
+            echo "[setup] WARNING: apt-get could not install chromium (log: /tmp/mask2former_chromium_install.log);" \
+                 "tests/test_app.py's browser test will be skipped." >&2
+        fi
+    else
+        echo "[setup] WARNING: /usr/bin/chromium is missing and installing it needs root (apt-get install chromium);" \
+             "tests/test_app.py's browser test will be skipped." >&2
+    fi
+fi
 
 stamp_inputs() {
     cat requirements.txt scripts/setup.sh
@@ -52,6 +68,13 @@ pip_quiet install -q -r requirements.txt || die "pip could not install requireme
 if ! "$VENV/bin/python" -c "import panopticapi.evaluation" >/dev/null 2>&1; then
     log "installing panopticapi (panopticapi-lite==$PANOPTICAPI_VERSION)"
     pip_quiet install -q --no-deps "panopticapi-lite==$PANOPTICAPI_VERSION" || die "could not install panopticapi-lite."
+fi
+
+# gradio declares pillow<13; with the pinned pillow 13 it works (tests/test_app.py), so it is
+# installed without its declared dependencies, which requirements.txt lists.
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('gradio') != '$GRADIO_VERSION')" >/dev/null 2>&1; then
+    log "installing gradio==$GRADIO_VERSION (without its pillow<13 pin)"
+    pip_quiet install -q --no-deps "gradio==$GRADIO_VERSION" || die "could not install gradio==$GRADIO_VERSION."
 fi
 
 if "$VENV/bin/python" -c "import detectron2" >/dev/null 2>&1; then
