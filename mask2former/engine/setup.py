@@ -17,11 +17,16 @@ from ..data.custom import register_custom_datasets
 logger = logging.getLogger("mask2former")
 
 
-def load_config(config_file, opts=()):
-    """Build the config from defaults + `config_file` (+ its _BASE_ files) + `opts` overrides."""
+def load_config(config_file, opts=(), add_configs=()):
+    """Build the config from defaults + `config_file` (+ its _BASE_ files) + `opts` overrides.
+
+    `add_configs`: further functions adding default keys (e.g. add_maskformer2_video_config).
+    """
     cfg = get_cfg()
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
+    for add_config in add_configs:
+        add_config(cfg)
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"Config file not found: {config_file}")
@@ -107,9 +112,9 @@ def check_inputs(cfg, resume=False):
         )
 
 
-def setup(args):
+def setup(args, add_configs=()):
     """Create the config from the command line, check it, and set up logging and the output dir."""
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts, add_configs)
     use_cpu_without_cuda(cfg)
     register_custom_datasets(cfg)
     check_inputs(cfg, resume=args.resume)
