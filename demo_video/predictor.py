@@ -52,16 +52,17 @@ def draw_video_predictions(frames_rgb, predictions, metadata, score_threshold=0.
 
 class VideoPredictor:
     """
-    Loads the model of `cfg` (weights from MODEL.WEIGHTS) and runs it on a whole video at once
-    (the frames resized as at test time: INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
+    Runs the model of `cfg` (weights from MODEL.WEIGHTS; or `model`, e.g. one just trained) on a
+    whole video at once (the frames resized as at test time: INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, model=None):
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        if cfg.MODEL.WEIGHTS:
-            Mask2FormerCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        if model is None:
+            model = build_model(self.cfg)
+            if cfg.MODEL.WEIGHTS:
+                Mask2FormerCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        self.model = model
         dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(dataset)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
@@ -70,6 +71,7 @@ class VideoPredictor:
     @torch.no_grad()
     def __call__(self, frames_rgb):
         """frames_rgb: list of HxWx3 uint8 RGB frames of one size. Returns the model's output dict."""
+        self.model.eval()
         height, width = frames_rgb[0].shape[:2]
         transform = self.resize.get_transform(frames_rgb[0])
         images = []
