@@ -272,3 +272,66 @@ def test_test_mapper_returns_all_frames_without_annotations(tmp_path):
     assert all(tuple(f.shape) == (3, 48, 64) for f in out["image"])
     assert "instances" not in out and "annotations" not in out
     assert (out["height"], out["width"], out["video_id"], out["length"]) == (24, 32, 1, 4)
+
+
+def test_coco_image_becomes_a_pseudo_clip(tmp_path):
+    from detectron2.structures import BoxMode
+
+    from mask2former_video.data_video import CocoClipDatasetMapper
+
+    path = str(tmp_path / "image.png")
+    Image.fromarray(np.full((24, 32, 3), 100, np.uint8)).save(path)
+    square = [[2.0, 2.0, 10.0, 2.0, 10.0, 10.0, 2.0, 10.0]]
+    record = {
+        "file_name": path, "image_id": 5, "height": 24, "width": 32,
+        "annotations": [
+            {"category_id": 1, "bbox": [2, 2, 8, 8], "bbox_mode": BoxMode.XYWH_ABS, "segmentation": square, "iscrowd": 0},
+            {"category_id": 0, "bbox": [20, 2, 8, 8], "bbox_mode": BoxMode.XYWH_ABS,
+             "segmentation": [[20.0, 2.0, 28.0, 2.0, 28.0, 10.0, 20.0, 10.0]], "iscrowd": 0},
+        ],
+    }
+    cfg = _video_cfg(**{"INPUT.SAMPLING_FRAME_NUM": 3, "INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice"})
+    out = CocoClipDatasetMapper(cfg, is_train=True)(record)
+    assert len(out["image"]) == 3 and len(out["instances"]) == 3 and out["length"] == 3
+    for frame, instances in zip(out["image"], out["instances"]):
+        assert instances.gt_ids.tolist() == [0, 1] and instances.gt_classes.tolist() == [1, 0]
+        assert instances.gt_masks.tensor.shape[-2:] == frame.shape[-2:]
+        # Each square covers 8x8 px of the 24-px-high image, scaled with the frame.
+        scale = frame.shape[1] / 24
+        assert instances.gt_masks.tensor[0].sum().item() == pytest.approx(64 * scale**2, rel=0.35)
+
+
+def test_training_loader_lists_missing_frames_before_training(tmp_path):
+    from mask2former_video.data_video import get_detection_dataset_dicts
+
+    json_file, image_root = write_tiny_ytvis(str(tmp_path), skip_frame=(1, 3))
+    name = register_custom_dataset(
+        f"name=tiny_vis_missing,type=ytvis,json_file={json_file},image_root={image_root},validate=false"
+    )
+    with pytest.raises(DatasetValidationError) as excinfo:
+        get_detection_dataset_dicts([name])
+    assert "v1/003.png: frame of video 1 does not exist" in str(excinfo.value)
+
+
+def test_evaluator_without_annotations_only_writes_results(tmp_path):
+    import torch
+
+    from mask2former_video.data_video import YTVISEvaluator
+
+    json_file, _ = write_tiny_ytvis(str(tmp_path))
+    with open(json_file) as f:
+        content = json.load(f)
+    del content["annotations"]
+    with open(json_file, "w") as f:
+        json.dump(content, f)
+    MetadataCatalog.get("tiny_vis_test_split").set(json_file=json_file, thing_dataset_id_to_contiguous_id={3: 0, 5: 1})
+    evaluator = YTVISEvaluator("tiny_vis_test_split", distributed=False, output_dir=str(tmp_path / "out"))
+    evaluator.reset()
+    masks = torch.zeros(4, 24, 32, dtype=torch.bool)
+    masks[1:, :5, :5] = True
+    evaluator.process([{"video_id": 1}], {"image_size": (24, 32), "pred_scores": [0.5], "pred_labels": [1], "pred_masks": [masks]})
+    assert evaluator.evaluate() == {}
+    with open(tmp_path / "out" / "results.json") as f:
+        results = json.load(f)
+    assert results[0]["category_id"] == 5 and results[0]["video_id"] == 1
+    assert mask_util.area(results[0]["segmentations"][0]) == 0 and mask_util.area(results[0]["segmentations"][1]) == 25
