@@ -315,8 +315,13 @@ def test_tiny_training_step_and_inference():
     assert torch.isfinite(total)
     total.backward()
     decoder = model.sem_seg_head.predictor
-    for name in ("query_feat.weight", "class_embed.weight", "transformer_cross_attention_layers.0.multihead_attn.in_proj_weight"):
-        grad = dict(decoder.named_parameters())[name].grad
+    params = dict(decoder.named_parameters())
+    for name in (
+        "query_feat.weight",
+        "class_embed.weight",
+        "transformer_cross_attention_layers.0.multihead_attn.in_proj_weight",
+    ):
+        grad = params[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert model.backbone.stem.conv1.weight.grad.abs().sum() > 0
 
