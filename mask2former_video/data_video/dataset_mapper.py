@@ -49,14 +49,15 @@ def sample_frame_indices(video_length, num_frames, frame_range, shuffle=False, r
     return chosen
 
 
-def clip_instances(frame_annotations, transforms, image_shape, track_ids=None):
+def clip_instances(frame_annotations, transforms, image_shapes, track_ids=None):
     """
     One Instances per frame, with the tracks of the clip in one order (see the module docstring).
 
     Args:
         frame_annotations (list[list[dict]]): each frame's objects (untransformed), with ``id``.
         transforms (list[TransformList]): each frame's transforms.
-        image_shape: (H, W) of the augmented frames.
+        image_shapes (list): (H, W) of each augmented frame (they differ when the size is drawn
+            per frame; the model pads the frames of a clip to one size).
         track_ids (list): the track order; default: the ids seen in the clip, in order of appearance.
     """
     if track_ids is None:
@@ -64,9 +65,9 @@ def clip_instances(frame_annotations, transforms, image_shape, track_ids=None):
         for objects in frame_annotations:
             track_ids += [obj["id"] for obj in objects if obj["id"] not in track_ids]
     row = {track_id: i for i, track_id in enumerate(track_ids)}
-    height, width = image_shape
     frames = []
-    for objects, transform in zip(frame_annotations, transforms):
+    for objects, transform, image_shape in zip(frame_annotations, transforms, image_shapes):
+        height, width = image_shape
         ids = torch.full((len(track_ids),), -1, dtype=torch.int64)
         classes = torch.full((len(track_ids),), -1, dtype=torch.int64)
         masks = torch.zeros((len(track_ids), height, width), dtype=torch.bool)
@@ -145,20 +146,16 @@ class YTVISDatasetMapper:
             indices = list(range(length))
         images = self._read_frames(dataset_dict, indices)
         transforms = apply_clip_augmentations(self.augmentations, images)
-        shapes = {image.shape[:2] for image in images}
         dataset_dict["image"] = [image_to_tensor(image) for image in images]
         dataset_dict["frame_idx"] = indices
         annotations = dataset_dict.pop("annotations", None)
         if not self.is_train:
             return dataset_dict
-        if len(shapes) != 1:
-            raise ValueError(
-                f"Video {dataset_dict.get('video_id')}: the augmented frames differ in size {sorted(shapes)}; use "
-                "INPUT.MIN_SIZE_TRAIN_SAMPLING choice_by_clip/range_by_clip for videos whose frames are one size."
-            )
         if annotations is None:
             raise ValueError(f"Video {dataset_dict.get('video_id')} has no 'annotations' to train on.")
-        dataset_dict["instances"] = clip_instances([annotations[i] for i in indices], transforms, shapes.pop())
+        dataset_dict["instances"] = clip_instances(
+            [annotations[i] for i in indices], transforms, [image.shape[:2] for image in images]
+        )
         return dataset_dict
 
 
@@ -178,14 +175,10 @@ class CocoClipDatasetMapper(YTVISDatasetMapper):
         objects = [dict(obj, id=i) for i, obj in enumerate(dataset_dict.pop("annotations", []))]
         images = [image.copy() for _ in range(self.sampling_frame_num)]
         transforms = apply_clip_augmentations(self.augmentations, images, per_frame=True)
-        # Copies may differ in size: each is padded later with the batch (ImageList); the masks
-        # are made at each copy's own size, so stack per frame.
-        frames = [
-            clip_instances([objects], [transform], image_.shape[:2], track_ids=list(range(len(objects))))[0]
-            for image_, transform in zip(images, transforms)
-        ]
         dataset_dict["image"] = [image_to_tensor(frame) for frame in images]
-        dataset_dict["instances"] = frames
+        dataset_dict["instances"] = clip_instances(
+            [objects] * len(images), transforms, [frame.shape[:2] for frame in images], track_ids=list(range(len(objects)))
+        )
         dataset_dict["file_names"] = [dataset_dict["file_name"]] * self.sampling_frame_num
         dataset_dict["length"] = self.sampling_frame_num
         dataset_dict.setdefault("video_id", dataset_dict.get("image_id"))
