@@ -344,3 +344,16 @@ def test_tiny_training_step_and_inference():
         model([video])
     with pytest.raises(ValueError, match="one video at a time"):
         model([video, video])
+
+
+def test_out_of_memory_says_how_to_bound_it(monkeypatch):
+    model = build_model(tiny_cfg()).eval()
+
+    def allocation_fails(frames):
+        # What the CPU allocator raises (the CUDA one raises torch.OutOfMemoryError).
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(model, "predict_video", allocation_fails)
+    video = {"image": [torch.zeros(3, 32, 32, dtype=torch.uint8)] * 5, "video_id": 12}
+    with pytest.raises(MemoryError, match=r"video 12 \(5 frames of \(32, 32\)\).*FRAMES_PER_BATCH.*MAX_NUM_FRAMES"):
+        model([video])

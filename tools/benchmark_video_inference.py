@@ -8,6 +8,9 @@ memory (ru_maxrss) during inference, after the model and the input frames exist.
 (the memory does not depend on them). Example (the closing note's figures):
 
     python tools/benchmark_video_inference.py --frames 100 --input-size 180x320 --output-size 360x640
+    python tools/benchmark_video_inference.py --postprocess-only --input-size 360x640 --output-size 720x1280
+
+With --postprocess-only only the step that differs runs (on random decoder outputs): seconds.
 """
 import argparse
 import json
@@ -59,6 +62,12 @@ def get_parser():
     parser.add_argument("--output-size", type=parse_size, default=(360, 640), help="original video size, HxW")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=("both", "ours", "upsample-everything"), default="both")
+    parser.add_argument(
+        "--postprocess-only",
+        action="store_true",
+        help="time and measure only the post-processing, on random decoder outputs of the shape the "
+        "model gives (Q from the config, T frames, 1/4 of the padded input size)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser
 
@@ -74,6 +83,8 @@ def run_one(args):
     opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.MASK_FORMER.TEST.FRAMES_PER_BATCH", "10"]
     cfg = load_config(args.config_file, opts + list(args.opts), add_configs=(add_maskformer2_video_config,))
     model = build_model(cfg).eval()
+    if args.postprocess_only:
+        return run_postprocess(args, cfg, model)
     if args.mode == "upsample-everything":
 
         def inference_video(pred_logits, pred_masks, image_size, padded_size, height, width):
@@ -108,6 +119,33 @@ def run_one(args):
     }))
 
 
+def run_postprocess(args, cfg, model):
+    generator = torch.Generator().manual_seed(0)
+    divisibility = cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY
+    h, w = args.input_size
+    padded = (-(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility)
+    num_queries, num_classes = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    pred_logits = torch.randn(num_queries, num_classes + 1, generator=generator)
+    pred_masks = torch.randn(num_queries, args.frames, padded[0] // 4, padded[1] // 4, generator=generator)
+    size_args = ((h, w), padded, *args.output_size)
+    before = peak_rss_mib()
+    start = time.perf_counter()
+    if args.mode == "ours":
+        out = model.inference_video(pred_logits, pred_masks, *size_args)["pred_masks"]
+    else:
+        out = upsample_everything_inference(pred_logits, pred_masks, *size_args)[2]
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mib()
+    print(json.dumps({
+        "mode": args.mode,
+        "peak_rss_mib": round(peak, 1),
+        "inference_growth_mib": round(peak - before, 1),
+        "seconds": round(seconds, 1),
+        "instances": len(out),
+        "mask_shape": list(out[0].shape),
+    }))
+
+
 def main():
     args = get_parser().parse_args()
     if args.mode != "both":
@@ -121,6 +159,7 @@ def main():
     print(
         f"{args.frames} frames, input {args.input_size[0]}x{args.input_size[1]}, output "
         f"{args.output_size[0]}x{args.output_size[1]}, {args.config_file}"
+        + (" (post-processing only)" if args.postprocess_only else "")
     )
     for mode, r in results.items():
         print(
