@@ -52,11 +52,16 @@ from mask2former_video.data_video.validation import (  # noqa: E402
 )
 
 
+_VIDEO_DATASETS = set()  # names found to hold videos, to count them as videos
+
+
 def _check_registered(name, max_listed):
     if name not in DatasetCatalog.list():
         raise KeyError(f"Dataset {name!r} is not registered.")
     records = DatasetCatalog.get(name)
-    validate = validate_video_dataset_dicts if is_video_dataset(records) else validate_dataset_dicts
+    if is_video_dataset(records):
+        _VIDEO_DATASETS.add(name)
+    validate = validate_video_dataset_dicts if name in _VIDEO_DATASETS else validate_dataset_dicts
     report = validate(records, MetadataCatalog.get(name), name, report=ValidationReport(name))
     report.raise_if_failed(max_listed)
     return len(records)
@@ -77,6 +82,8 @@ def main(argv=None):
     checks = []  # (label, function returning the number of images)
     for text in args.spec:
         spec = parse_dataset_spec(text)
+        if spec["type"] == "ytvis":
+            _VIDEO_DATASETS.add(spec["name"])
         checks.append((spec["name"], lambda spec=spec: validate_custom_dataset(spec)))
     names = list(args.dataset)
     if args.config_file or args.opts:
@@ -101,7 +108,8 @@ def main(argv=None):
             failed += 1
             print(f"FAILED {label}:\n{e}\n", file=sys.stderr)
         else:
-            print(f"OK     {label} ({count} {'datasets' if label == 'DATASETS.CUSTOM' else 'images'})")
+            unit = "datasets" if label == "DATASETS.CUSTOM" else "videos" if label in _VIDEO_DATASETS else "images"
+            print(f"OK     {label} ({count} {unit})")
     return 1 if failed else 0
 
 
