@@ -127,14 +127,17 @@ class VideoMaskFormer(MaskFormer):
 
     # ------------------------------------------------------------------------------------------
     # input
-    def _video_frames(self, video: Dict, index: int) -> List[torch.Tensor]:
+    def _video_frames(self, video: Dict, index: int, same_size: bool) -> List[torch.Tensor]:
+        """The checked frames of ``batched_inputs[index]``. Training clips may mix frame sizes
+        (per-frame resizing; padding and the per-frame targets handle it); inference needs one
+        size, as the video's masks are resized to one output size."""
         frames = video.get("image")
         name = f"batched_inputs[{index}] (video {video.get('video_id', '?')})"
         if not isinstance(frames, (list, tuple)) or len(frames) == 0:
             raise ValueError(f"VideoMaskFormer: {name}: 'image' must be a non-empty list of (C, H, W) frames")
         frames = [self._check_image(frame, index) for frame in frames]
         sizes = {tuple(frame.shape[-2:]) for frame in frames}
-        if len(sizes) > 1:
+        if same_size and len(sizes) > 1:
             raise ValueError(f"VideoMaskFormer: {name}: its frames differ in size: {sorted(sizes)}")
         return frames
 
@@ -198,7 +201,7 @@ class VideoMaskFormer(MaskFormer):
 
         frames = []
         for index, video in enumerate(batched_inputs):
-            video_frames = self._video_frames(video, index)
+            video_frames = self._video_frames(video, index, same_size=False)
             if len(video_frames) != self.num_frames:
                 raise ValueError(
                     f"VideoMaskFormer: batched_inputs[{index}] has {len(video_frames)} frames; training clips "
@@ -216,7 +219,7 @@ class VideoMaskFormer(MaskFormer):
     # ------------------------------------------------------------------------------------------
     # inference
     def inference(self, video: Dict) -> Dict:
-        frames = self._video_frames(video, 0)
+        frames = self._video_frames(video, 0, same_size=True)
         name = f"video {video.get('video_id', '?')} ({len(frames)} frames of {tuple(frames[0].shape[-2:])})"
         if self.max_num_frames and len(frames) > self.max_num_frames:
             raise ValueError(

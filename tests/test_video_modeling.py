@@ -357,3 +357,29 @@ def test_out_of_memory_says_how_to_bound_it(monkeypatch):
     video = {"image": [torch.zeros(3, 32, 32, dtype=torch.uint8)] * 5, "video_id": 12}
     with pytest.raises(MemoryError, match=r"video 12 \(5 frames of \(32, 32\)\).*FRAMES_PER_BATCH.*MAX_NUM_FRAMES"):
         model([video])
+
+
+def test_training_clip_may_mix_frame_sizes_inference_may_not():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    generator = torch.Generator().manual_seed(0)
+    clip = random_clip(generator)
+    # Frame 0 resized on its own (per-frame scale sampling): 48 x 64.
+    clip["image"][0] = clip["image"][0][:, :48]
+    first = clip["instances"][0]
+    small_masks = first.gt_masks.tensor[:, :48]
+    clip["instances"][0] = frame_instances(first.gt_ids.tolist(), first.gt_classes.tolist(), small_masks)
+    images = ImageList.from_tensors([f.float() for f in clip["image"]], 32)
+    (target,) = model.prepare_targets([clip], images)
+    assert target["masks"].shape == (2, 2, 64, 64)
+    assert torch.equal(target["masks"][:, 0, :48], small_masks.float())
+    assert not target["masks"][:, 0, 48:].any()  # padding
+    assert torch.equal(target["masks"][:, 1], clip["instances"][1].gt_masks.tensor.float())
+
+    model.train()
+    losses = model([clip, random_clip(generator)])
+    assert torch.isfinite(sum(losses.values()))
+
+    model.eval()
+    with pytest.raises(ValueError, match="video 7.*differ in size"):
+        model([{"image": clip["image"], "video_id": 7}])
