@@ -383,3 +383,52 @@ def test_training_clip_may_mix_frame_sizes_inference_may_not():
     model.eval()
     with pytest.raises(ValueError, match="video 7.*differ in size"):
         model([{"image": clip["image"], "video_id": 7}])
+
+
+def test_decoder_memory_holds_all_frames_and_mask_attention_spans_them():
+    """The first cross-attention layer's inputs, rebuilt element by element: memory position
+    (t, y, x) of clip b is frame b*T + t's projected feature at (y, x); its attention mask is the
+    first prediction's mask of frame t, resized to that level, below 0.5 after a sigmoid."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg("MODEL.MASK_FORMER.NHEADS", "2")
+    decoder = build_model(cfg).sem_seg_head.predictor.train()
+    clips, frames, channels = 2, 3, 32
+    sizes = [(2, 3), (4, 5), (6, 7)]
+    x = [torch.randn(clips * frames, channels, h, w) for h, w in sizes]
+    mask_features = torch.randn(clips * frames, 32, 12, 14)
+    captured = {}
+    layer = decoder.transformer_cross_attention_layers[0]
+    layer.register_forward_hook(
+        lambda module, args, kwargs, output: captured.update(args=args, kwargs=kwargs), with_kwargs=True
+    )
+    decoder.num_frames = frames
+    out = decoder(x, mask_features)
+
+    memory = captured["args"][1]
+    attn_mask = captured["kwargs"]["memory_mask"]
+    h, w = sizes[0]
+    projected = decoder.input_proj[0](x[0]) + decoder.level_embed.weight[0][None, :, None, None]
+    queries = decoder.decoder_norm(decoder.query_feat.weight)
+    first_mask_embed = decoder.mask_embed(queries)  # (Q, C): the same for every clip
+    num_queries = queries.shape[0]
+    assert memory.shape == (frames * h * w, clips, channels)
+    assert attn_mask.shape == (clips * decoder.num_heads, num_queries, frames * h * w)
+    expected_mask = torch.zeros(clips, num_queries, frames * h * w, dtype=torch.bool)
+    for b, t in itertools.product(range(clips), range(frames)):
+        frame = b * frames + t
+        logits = torch.einsum("qc,chw->qhw", first_mask_embed, mask_features[frame])
+        small = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        for y, xx in itertools.product(range(h), range(w)):
+            s = t * h * w + y * w + xx
+            torch.testing.assert_close(memory[s, b], projected[frame, :, y, xx])
+            for q in range(num_queries):
+                expected_mask[b, q, s] = bool(small[q, y, xx].sigmoid() < 0.5)
+    assert expected_mask.any() and not expected_mask.all()  # a case where the layout matters
+    for b, q in itertools.product(range(clips), range(num_queries)):
+        if expected_mask[b, q].all():
+            expected_mask[b, q] = False  # a query masked everywhere attends everywhere instead
+        for head in range(decoder.num_heads):
+            assert torch.equal(attn_mask[b * decoder.num_heads + head, q], expected_mask[b, q]), (b, q, head)
+    # Final masks: one per frame, (B, Q, T, H, W); auxiliary predictions in training.
+    assert out["pred_masks"].shape == (clips, num_queries, frames, 12, 14)
+    assert len(out["aux_outputs"]) == cfg.MODEL.MASK_FORMER.DEC_LAYERS - 1
