@@ -332,3 +332,15 @@ def test_evaluator_without_annotations_only_writes_results(tmp_path):
         results = json.load(f)
     assert results[0]["category_id"] == 5 and results[0]["video_id"] == 1
     assert mask_util.area(results[0]["segmentations"][0]) == 0 and mask_util.area(results[0]["segmentations"][1]) == 25
+
+
+def test_annotations_need_their_own_track_id(tmp_path):
+    json_file, image_root = write_tiny_ytvis(str(tmp_path))
+    with open(json_file) as f:
+        content = json.load(f)
+    content["annotations"][1]["id"] = 7  # the id of the track in video 1
+    with open(json_file, "w") as f:
+        json.dump(content, f)
+    with pytest.raises(DatasetValidationError) as excinfo:
+        load_ytvis_json(json_file, image_root)
+    assert "annotation 7 (video 2) reuses a track id" in str(excinfo.value)

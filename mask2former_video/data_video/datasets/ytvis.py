@@ -185,6 +185,7 @@ def _records(content, json_file, image_root, dataset_name, extra_keys, report):
     id_map = _category_map(content, json_file, dataset_name, report)
     per_video = {video_id: [[] for _ in video["file_names"]] for video_id, video in videos.items()}
     keys = ["id", "iscrowd", "category_id"] + list(extra_keys)
+    track_ids = set()
     for index, annotation in enumerate(content.get("annotations", [])):
         label = f"annotation {annotation.get('id', f'#{index}')} (video {annotation.get('video_id')})"
         video = videos.get(annotation.get("video_id"))
@@ -192,6 +193,11 @@ def _records(content, json_file, image_root, dataset_name, extra_keys, report):
             if annotation.get("video_id") not in {v.get("id") for v in content["videos"]}:
                 report.add(json_file, f"{label} refers to video id {annotation.get('video_id')}, which does not exist")
             continue  # a broken video is reported already
+        if "id" not in annotation or annotation["id"] in track_ids:
+            problem = "has no 'id' (its track id)" if "id" not in annotation else "reuses a track id"
+            report.add(json_file, f"{label} {problem}; every annotation needs its own id")
+            continue
+        track_ids.add(annotation["id"])
         if annotation.get("category_id") not in id_map:
             report.add(json_file, f"{label} uses category id {annotation.get('category_id')}, which does not exist")
             continue
