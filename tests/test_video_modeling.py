@@ -297,9 +297,11 @@ def test_target_class_rules():
     assert target["labels"].tolist() == [0, 3]
     assert target["masks"].shape == (2, 2, 64, 64)
     assert target["ids"].tolist() == [[1, 1], [2, -1]]
-    model.target_class = "any_frame"
+    model = build_model(tiny_cfg("MODEL.MASK_FORMER.VIDEO_TARGET_CLASS", "any_frame"))
     (target,) = model.prepare_targets([clip], images)
     assert target["labels"].tolist() == [0, 2]
+    with pytest.raises(ValueError, match="VIDEO_TARGET_CLASS"):
+        build_model(tiny_cfg("MODEL.MASK_FORMER.VIDEO_TARGET_CLASS", "first_frame"))
 
 
 def test_tiny_training_step_and_inference():
