@@ -121,7 +121,8 @@ class FixedMatcher(torch.nn.Module):
         return self.indices
 
 
-def test_losses_match_naive_per_frame_computation():
+@pytest.mark.parametrize("importance_sample_ratio", [0.0, 0.6])
+def test_losses_match_naive_per_frame_computation(importance_sample_ratio):
     torch.manual_seed(0)
     num_classes, frames, points = 3, 2, 10
     pred_logits = torch.randn(2, 5, num_classes + 1)
@@ -131,26 +132,31 @@ def test_losses_match_naive_per_frame_computation():
         {"labels": torch.tensor([0]), "masks": (torch.rand(1, frames, 12, 12) > 0.5).float()},
     ]
     indices = [(torch.tensor([3, 0]), torch.tensor([1, 0])), (torch.tensor([4]), torch.tensor([0]))]
-    # No importance sampling: the points are uniform, drawn per (instance, frame) after the
-    # oversampled candidates; the naive computation replays those draws.
+    # Points per (instance, frame): of 3 x points uniform candidates, the importance_sample_ratio
+    # fraction whose predicted logit is closest to 0, then uniform points for the rest; the naive
+    # computation replays those draws.
+    oversample = 3
     criterion = VideoSetCriterion(
         num_classes, FixedMatcher(indices), weight_dict={}, eos_coef=0.1, losses=["labels", "masks"],
-        num_points=points, oversample_ratio=1.0, importance_sample_ratio=0.0,
+        num_points=points, oversample_ratio=float(oversample), importance_sample_ratio=importance_sample_ratio,
     )
     torch.manual_seed(5)
     losses = criterion({"pred_logits": pred_logits, "pred_masks": pred_masks}, targets)
 
     torch.manual_seed(5)
     num_pairs = 3 * frames
-    torch.rand(num_pairs, points, 2)  # candidates (unused without importance sampling)
-    coords = torch.rand(num_pairs, points, 2)
+    num_uncertain = int(importance_sample_ratio * points)
+    candidates = torch.rand(num_pairs, oversample * points, 2).tolist()
+    uniform = torch.rand(num_pairs, points - num_uncertain, 2).tolist()
     num_instances = 3
     loss_mask = loss_dice = 0.0
     row = 0
     for b, (src, tgt) in enumerate(indices):
         for q, n in zip(src.tolist(), tgt.tolist()):
             for f in range(frames):  # pairs in (instance, frame) order
-                pts = coords[row].tolist()
+                uncertainty = [-abs(naive_bilinear(pred_masks[b, q, f], x, y)) for x, y in candidates[row]]
+                chosen = sorted(range(len(uncertainty)), key=lambda i: -uncertainty[i])[:num_uncertain]
+                pts = [candidates[row][i] for i in chosen] + uniform[row]
                 row += 1
                 logits = [naive_bilinear(pred_masks[b, q, f], x, y) for x, y in pts]
                 labels = [naive_bilinear(targets[b]["masks"][n, f], x, y) for x, y in pts]
