@@ -12,7 +12,6 @@ the original size and thresholded at 0. Unlike the reference implementation, whi
 Q masks to the input size before choosing, only the kept queries are upsampled (one at a time):
 the results are identical, and memory no longer grows with Q x T x H x W.
 """
-import logging
 from typing import Dict, List
 
 import torch
@@ -26,8 +25,6 @@ from mask2former.maskformer_model import MaskFormer, resize_to_output
 from .config import TARGET_CLASS_RULES
 from .modeling.criterion import VideoSetCriterion
 from .modeling.matcher import VideoHungarianMatcher
-
-logger = logging.getLogger(__name__)
 
 # Instances kept per video at inference (the reference implementation's fixed value).
 TEST_TOPK_PER_VIDEO = 10
