@@ -19,11 +19,11 @@ def track_colors(num_tracks):
     return [colorsys.hsv_to_rgb((0.13 + i * 0.618034) % 1.0, 0.85, 0.95) for i in range(num_tracks)]
 
 
-def draw_video_predictions(frames_rgb, predictions, metadata, score_threshold=0.5, scale=1.0):
+def draw_video_predictions(frames_rgb, predictions, metadata, score_threshold=0.5, scale=1.0, show_scores=True):
     """
     Draw the model's output for one video (``pred_scores``, ``pred_labels``, ``pred_masks``: one
     (T, H, W) mask per track) on its RGB frames: each track keeps one colour in every frame, labelled
-    with its class and score. Returns the drawn RGB frames.
+    with its class (and score). Returns the drawn RGB frames.
     """
     kept = [i for i, score in enumerate(predictions["pred_scores"]) if score >= score_threshold]
     colors = track_colors(len(kept))
@@ -32,7 +32,7 @@ def draw_video_predictions(frames_rgb, predictions, metadata, score_threshold=0.
     for i in kept:
         label = predictions["pred_labels"][i]
         name = classes[label] if classes is not None and label < len(classes) else str(label)
-        labels.append(f"{name} {predictions['pred_scores'][i]:.0%}")
+        labels.append(f"{name} {predictions['pred_scores'][i]:.0%}" if show_scores else name)
     drawn = []
     for t, frame in enumerate(frames_rgb):
         visualizer = Visualizer(frame, metadata, scale=scale, instance_mode=ColorMode.IMAGE)

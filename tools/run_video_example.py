@@ -97,7 +97,7 @@ def train(args):
     return cfg, trainer.model, results.get("segm", {}), train_end - start, end - train_end
 
 
-def _ground_truth(record, metadata):
+def _ground_truth(record):
     """The record's annotations in the model's output form, to draw them like predictions."""
     import pycocotools.mask as mask_util
     from detectron2.structures import polygons_to_bitmask
@@ -129,7 +129,7 @@ def write_animation(cfg, model, output_dir, num_videos):
         frames = [read_image(path, format="RGB") for path in record["file_names"]]
         predictions = predictor(frames)
         scaled = [np.kron(frame, np.ones((VIS_SCALE, VIS_SCALE, 1), np.uint8)) for frame in frames]
-        truth = draw_video_predictions(frames, _ground_truth(record, metadata), metadata, 0.0, scale=VIS_SCALE)
+        truth = draw_video_predictions(frames, _ground_truth(record), metadata, 0.0, VIS_SCALE, show_scores=False)
         drawn = draw_video_predictions(frames, predictions, metadata, 0.5, scale=VIS_SCALE)
         rows.append([tile_horizontally([a, b, c]) for a, b, c in zip(scaled, truth, drawn)])
     num_frames = min(len(row) for row in rows)
