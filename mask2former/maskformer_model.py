@@ -84,6 +84,10 @@ def metadata_dataset_name(cfg) -> str:
 class MaskFormer(nn.Module):
     """Main class for mask classification semantic / panoptic / instance segmentation."""
 
+    # Subclasses with other targets (e.g. video clips) swap in their matcher and losses.
+    matcher_class = HungarianMatcher
+    criterion_class = SetCriterion
+
     @configurable
     def __init__(
         self,
@@ -161,7 +165,7 @@ class MaskFormer(nn.Module):
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
 
         mf = cfg.MODEL.MASK_FORMER
-        matcher = HungarianMatcher(
+        matcher = cls.matcher_class(
             cost_class=mf.CLASS_WEIGHT,
             cost_mask=mf.MASK_WEIGHT,
             cost_dice=mf.DICE_WEIGHT,
@@ -173,7 +177,7 @@ class MaskFormer(nn.Module):
             base = dict(weight_dict)
             for i in range(mf.DEC_LAYERS - 1):
                 weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
-        criterion = SetCriterion(
+        criterion = cls.criterion_class(
             sem_seg_head.num_classes,
             matcher=matcher,
             weight_dict=weight_dict,

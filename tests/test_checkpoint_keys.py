@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.projects.deeplab import add_deeplab_config
 
 from mask2former import add_maskformer2_config
+from mask2former_video import add_maskformer2_video_config
 
 from golden_keys import KEYS_DIR, read_key_list, state_dict_entries
 
@@ -39,6 +40,7 @@ CONFIGS = {
     "mapillary-vistas_panoptic_maskformer_R50_bs16_300k": (
         "mapillary-vistas/panoptic-segmentation/maskformer_R50_bs16_300k.yaml"
     ),
+    "ytvis_2019_video_maskformer2_R50_bs16_8ep": "youtubevis_2019/video_maskformer2_R50_bs16_8ep.yaml",
 }
 # Checked by the tests of the DiNAT and SeMask backbones.
 OTHER_BACKBONES = {
@@ -66,6 +68,7 @@ def test_state_dict_matches_official(name):
     cfg = get_cfg()
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
+    add_maskformer2_video_config(cfg)
     cfg.merge_from_file(config_file)
     device = "cpu" if name in CPU_BUILDS else "meta"
     cfg.MODEL.DEVICE = device

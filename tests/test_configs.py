@@ -12,6 +12,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
+from mask2former_video import add_maskformer2_video_config
 from train_net import load_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,8 +32,18 @@ MODEL_CONFIGS = [
 ]
 
 
+def _is_video_config(config_name):
+    return config_name.startswith("youtubevis")
+
+
+def _load(config_name):
+    # Video configs use the keys of add_maskformer2_video_config, as train_net_video.py loads them.
+    add_configs = (add_maskformer2_video_config,) if _is_video_config(config_name) else ()
+    return load_config(os.path.join(CONFIG_ROOT, config_name), add_configs=add_configs)
+
+
 def test_every_upstream_config_is_present():
-    # The upstream model zoo's configs (facebookresearch/Mask2Former, image tasks).
+    # The upstream model zoo's configs (facebookresearch/Mask2Former, image and video tasks).
     expected = {
         "coco/panoptic-segmentation": ["maskformer2_R50_bs16_50ep", "maskformer2_R101_bs16_50ep"]
         + [f"swin/maskformer2_swin_{s}" for s in (
@@ -55,6 +66,14 @@ def test_every_upstream_config_is_present():
         expected[f"cityscapes/{task}-segmentation"] = ["maskformer2_R50_bs16_90k", "maskformer2_R101_bs16_90k"] + [
             f"swin/maskformer2_swin_{s}_bs16_90k" for s in ("tiny", "small", "base_IN21k_384", "large_IN21k_384")
         ]
+    for year in (2019, 2021):
+        expected[f"youtubevis_{year}"] = [
+            "Base-YouTubeVIS-VideoInstanceSegmentation",
+            "video_maskformer2_R50_bs16_8ep",
+            "video_maskformer2_R101_bs16_8ep",
+        ] + [
+            f"swin/video_maskformer2_swin_{s}_bs16_8ep" for s in ("tiny", "small", "base_IN21k_384", "large_IN21k_384")
+        ]
     missing = [
         f"{folder}/{name}.yaml"
         for folder, names in expected.items()
@@ -66,7 +85,7 @@ def test_every_upstream_config_is_present():
 
 @pytest.mark.parametrize("config_name", ALL_CONFIGS)
 def test_config_loads_and_names_registered_datasets(config_name):
-    cfg = load_config(os.path.join(CONFIG_ROOT, config_name))
+    cfg = _load(config_name)
     registered = set(DatasetCatalog.list())
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         assert name in registered, f"{config_name}: dataset {name!r} is not registered"
@@ -87,7 +106,7 @@ def _linspace_on_cpu(original):
 
 @pytest.mark.parametrize("config_name", MODEL_CONFIGS)
 def test_config_builds_its_model(config_name, monkeypatch):
-    cfg = load_config(os.path.join(CONFIG_ROOT, config_name))
+    cfg = _load(config_name)
     cfg.MODEL.DEVICE = "meta"  # build_model() moves the model to MODEL.DEVICE
     monkeypatch.setattr(torch, "linspace", _linspace_on_cpu(torch.linspace))
     with torch.device("meta"):
@@ -99,7 +118,7 @@ def test_config_builds_its_model(config_name, monkeypatch):
     # mismatch trains silently but evaluates nonsense.
     # Instance training sets have "thing" classes only; semantic/panoptic ones have all classes.
     metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-    if cfg.INPUT.DATASET_MAPPER_NAME in INSTANCE_MAPPERS:
+    if cfg.INPUT.DATASET_MAPPER_NAME in INSTANCE_MAPPERS or _is_video_config(config_name):
         expected_classes = len(metadata.thing_classes)
     else:
         expected_classes = len(metadata.stuff_classes)

@@ -9,8 +9,14 @@ dataset, and a count) and exits with status 1 if there is any.
     python tools/check_dataset.py --config-file my_config.yaml [KEY VALUE ...]
     # a custom dataset spec, without a config:
     python tools/check_dataset.py --spec "name=my_train,type=sem_seg,image_root=...,sem_seg_root=...,classes=classes.yaml"
-    # any registered dataset:
-    python tools/check_dataset.py --dataset synthetic_panoptic_val ade20k_sem_seg_val
+    # any registered dataset, images or videos:
+    python tools/check_dataset.py --dataset synthetic_panoptic_val ytvis_2019_train
+    # a video dataset in YouTube-VIS format:
+    python tools/check_dataset.py --spec "name=my_vis,type=ytvis,json_file=data/train.json,image_root=data/train/JPEGImages"
+
+Video datasets are checked frame by frame: a video without frames, a missing or unreadable frame,
+frames of different sizes in one video, a track with fewer segmentation entries than its video
+has frames.
 """
 import os
 import sys
@@ -19,6 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mask2former  # noqa: E402,F401  isort: skip  (compatibility layer, dataset registrations)
+import mask2former_video.data_video  # noqa: E402,F401  isort: skip  (video datasets, the "ytvis" custom type)
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -38,13 +45,24 @@ from mask2former.data.validation import (  # noqa: E402
     ValidationReport,
     validate_dataset_dicts,
 )
+from mask2former_video.config import add_maskformer2_video_config  # noqa: E402
+from mask2former_video.data_video.validation import (  # noqa: E402
+    is_video_dataset,
+    validate_video_dataset_dicts,
+)
+
+
+_VIDEO_DATASETS = set()  # names found to hold videos, to count them as videos
 
 
 def _check_registered(name, max_listed):
     if name not in DatasetCatalog.list():
         raise KeyError(f"Dataset {name!r} is not registered.")
     records = DatasetCatalog.get(name)
-    report = validate_dataset_dicts(records, MetadataCatalog.get(name), name, report=ValidationReport(name))
+    if is_video_dataset(records):
+        _VIDEO_DATASETS.add(name)
+    validate = validate_video_dataset_dicts if name in _VIDEO_DATASETS else validate_dataset_dicts
+    report = validate(records, MetadataCatalog.get(name), name, report=ValidationReport(name))
     report.raise_if_failed(max_listed)
     return len(records)
 
@@ -64,12 +82,15 @@ def main(argv=None):
     checks = []  # (label, function returning the number of images)
     for text in args.spec:
         spec = parse_dataset_spec(text)
+        if spec["type"] == "ytvis":
+            _VIDEO_DATASETS.add(spec["name"])
         checks.append((spec["name"], lambda spec=spec: validate_custom_dataset(spec)))
     names = list(args.dataset)
     if args.config_file or args.opts:
         cfg = get_cfg()
         add_deeplab_config(cfg)
         add_maskformer2_config(cfg)
+        add_maskformer2_video_config(cfg)  # video configs have a few more keys
         if args.config_file:
             cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
@@ -87,7 +108,8 @@ def main(argv=None):
             failed += 1
             print(f"FAILED {label}:\n{e}\n", file=sys.stderr)
         else:
-            print(f"OK     {label} ({count} {'datasets' if label == 'DATASETS.CUSTOM' else 'images'})")
+            unit = "datasets" if label == "DATASETS.CUSTOM" else "videos" if label in _VIDEO_DATASETS else "images"
+            print(f"OK     {label} ({count} {unit})")
     return 1 if failed else 0
 
 

@@ -22,6 +22,8 @@ Types and their keys (paths are relative to the working directory):
   panoptic PNGs), optional ``sem_seg_root`` (semantic PNGs named like the panoptic PNGs, with the
   contiguous class ids: enables semantic evaluation) and ``instances_json`` (COCO instance json of
   the same images: enables instance evaluation).
+* types added by other packages with :func:`register_dataset_type` (``import mask2former_video``
+  adds ``ytvis``: ``json_file`` (YouTube-VIS json), ``image_root`` (the folder of the video frames)).
 * every type: ``validate`` (default true): check every file when registering (see
   ``mask2former/data/validation.py``); a dataset that fails is not registered. A dataset that
   passed is not checked again until one of its files changes (list, sizes or modification
@@ -53,6 +55,7 @@ from .validation import (
 
 __all__ = [
     "DATASET_TYPES",
+    "register_dataset_type",
     "parse_dataset_spec",
     "register_custom_dataset",
     "register_custom_datasets",
@@ -427,6 +430,30 @@ _PREPARE = {
     "coco_instance": _prepare_coco_instance,
     "coco_panoptic": _prepare_coco_panoptic,
 }
+# type -> function(records, metadata, dataset_name, report) checking the records' files.
+_VALIDATE = {}
+
+
+def register_dataset_type(kind, keys, prepare, validate):
+    """
+    Add a ``DATASETS.CUSTOM`` type. Packages built on this one (e.g. ``mask2former_video``, which
+    this package must not import) add their dataset formats this way when they are imported.
+
+    Args:
+        kind (str): the ``type=`` value.
+        keys (dict[str, bool]): the type's keys -> whether required (besides name, type, validate).
+            Keys named like the built-in path keys (``json_file``, ``image_root``, ...) get ``~``
+            expanded.
+        prepare: ``prepare(spec, report) -> (records, metadata dict)``: reads the annotations,
+            adding every problem to the ValidationReport `report`.
+        validate: ``validate(records, metadata, dataset_name, report)``: checks the files the
+            records refer to (run unless the spec says ``validate=false``).
+    """
+    if kind in DATASET_TYPES and _PREPARE.get(kind) is not prepare:
+        raise ValueError(f"Custom dataset type {kind!r} is already defined.")
+    DATASET_TYPES[kind] = dict(keys)
+    _PREPARE[kind] = prepare
+    _VALIDATE[kind] = validate
 
 
 class _Metadata:
@@ -451,6 +478,7 @@ def _validation_cache_file(spec, records):
     paths = {spec[key] for key in ("json_file", "classes", "instances_json") if spec.get(key)}
     for record in records:
         paths.update(record[key] for key in ("file_name", "sem_seg_file_name", "pan_seg_file_name") if key in record)
+        paths.update(record.get("file_names", ()))  # the frames of a video dataset
     digest = hashlib.sha256(json.dumps([_VALIDATION_VERSION, sorted(spec.items())], default=str).encode())
     for path in sorted(paths):
         try:
@@ -475,7 +503,11 @@ def _validate_unless_unchanged(spec, records, metadata, report):
         return
     logger.info("Validating dataset %r: checking its %d images and their annotations ...", spec["name"], len(records))
     start = time.perf_counter()
-    validate_dataset_dicts(records, _Metadata(metadata), spec["name"], report=report, progress=True)
+    validate = _VALIDATE.get(spec["type"])
+    if validate is None:
+        validate_dataset_dicts(records, _Metadata(metadata), spec["name"], report=report, progress=True)
+    else:
+        validate(records, _Metadata(metadata), spec["name"], report=report)
     seconds = time.perf_counter() - start
     if len(report):
         return

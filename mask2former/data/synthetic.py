@@ -167,6 +167,12 @@ def _thing_mask(shape_name, height, width, rng):
     cx = rng.uniform(radius, width - radius)
     cy = rng.uniform(radius, height - radius)
     angle = rng.uniform(0, 2 * np.pi)
+    return shape_mask(shape_name, height, width, (cx, cy), radius, angle)
+
+
+def shape_mask(shape_name, height, width, center, radius, angle):
+    """A binary mask of one shape of class `shape_name` (also drawn by the synthetic video dataset)."""
+    cx, cy = center
     mask = np.zeros((height, width), dtype=np.uint8)
     if shape_name == "disc":
         cv2.circle(mask, (int(round(cx)), int(round(cy))), int(round(radius)), 1, thickness=-1)

@@ -18,11 +18,16 @@ from ..data.validation import check_num_classes
 logger = logging.getLogger("mask2former")
 
 
-def load_config(config_file, opts=()):
-    """Build the config from defaults + `config_file` (+ its _BASE_ files) + `opts` overrides."""
+def load_config(config_file, opts=(), add_configs=()):
+    """Build the config from defaults + `config_file` (+ its _BASE_ files) + `opts` overrides.
+
+    `add_configs`: further functions adding default keys (e.g. add_maskformer2_video_config).
+    """
     cfg = get_cfg()
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
+    for add_config in add_configs:
+        add_config(cfg)
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"Config file not found: {config_file}")
@@ -126,9 +131,9 @@ def setup_for_inference(config_file, opts=()):
     return cfg
 
 
-def setup(args):
+def setup(args, add_configs=()):
     """Create the config from the command line, check it, and set up logging and the output dir."""
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts, add_configs)
     use_cpu_without_cuda(cfg)
     # Reading the custom datasets' annotations is enough to check names, class counts and weights
     # before the output folder exists; checking every file (minutes on a large set, skipped when

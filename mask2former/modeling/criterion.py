@@ -131,13 +131,18 @@ class SetCriterion(nn.Module):
             self.importance_sample_ratio,
         )
 
-    def loss_masks(self, outputs, targets, indices, num_masks):
+    def matched_masks(self, outputs, targets, indices):
+        """Mask logits (N, 1, h, w) of the matched queries and their target masks (N, 1, H, W)."""
         src_batch_idx, src_idx = self._src_permutation_idx(indices)
         tgt_batch_idx, tgt_idx = self._tgt_permutation_idx(indices)
         src_masks = outputs["pred_masks"][src_batch_idx, src_idx][:, None]
         target_masks = nested_tensor_from_tensor_list([t["masks"] for t in targets]).tensors
         # Select the matched masks before converting: only those are needed as floats.
         target_masks = target_masks[tgt_batch_idx, tgt_idx].to(src_masks)[:, None]
+        return src_masks, target_masks
+
+    def loss_masks(self, outputs, targets, indices, num_masks):
+        src_masks, target_masks = self.matched_masks(outputs, targets, indices)
         if src_masks.shape[0] == 0:
             # No target in the whole batch: zero losses that still reach the mask head's graph.
             zero = outputs["pred_masks"].sum() * 0.0

@@ -69,6 +69,11 @@ class HungarianMatcher(nn.Module):
         """Uniform point coordinates (1, num_points, 2), (x, y) in [0, 1]."""
         return torch.rand(1, self.num_points, 2, device=device)
 
+    def point_values(self, masks: torch.Tensor, point_coords: torch.Tensor) -> torch.Tensor:
+        """Values (N, P) of masks (N, H, W) at the points (1, P, 2), bilinearly interpolated."""
+        coords = point_coords.repeat(masks.shape[0], 1, 1)
+        return point_sample(masks[:, None], coords, align_corners=False).squeeze(1)
+
     def compute_costs(self, pred_logits, pred_masks, tgt_labels, tgt_masks):
         """Costs of one image.
 
@@ -87,15 +92,11 @@ class HungarianMatcher(nn.Module):
         point_coords = self.sample_points(pred_masks.device)
         tgt_masks = tgt_masks.to(pred_masks)
         num_queries, num_targets = pred_masks.shape[0], tgt_masks.shape[0]
-        pred_points = point_sample(
-            pred_masks[:, None], point_coords.repeat(num_queries, 1, 1), align_corners=False
-        ).squeeze(1)
+        pred_points = self.point_values(pred_masks, point_coords)
         if num_targets > 0:
-            tgt_points = point_sample(
-                tgt_masks[:, None], point_coords.repeat(num_targets, 1, 1), align_corners=False
-            ).squeeze(1)
+            tgt_points = self.point_values(tgt_masks, point_coords)
         else:
-            tgt_points = pred_points.new_zeros((0, self.num_points))
+            tgt_points = pred_points.new_zeros((0, pred_points.shape[1]))
         # Costs in fp32 even under autocast: BCE and dice are unstable in half precision.
         with torch.autocast(device_type=pred_points.device.type, enabled=False):
             pred_points = pred_points.float()

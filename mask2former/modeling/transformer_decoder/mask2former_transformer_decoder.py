@@ -226,7 +226,18 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                     2, 0, 1
                 )
             )
+        return self.decode(src, pos, size_list, mask_features)
 
+    def decode(self, src, pos, size_list, mask_features, keep_aux=True):
+        """The query initialisation and the masked-attention layers.
+
+        Args:
+            src, pos: per level, the memory and its position encoding, (S_l, N, C) each.
+            size_list: per level, the (h, w) the attention mask of that level is resized to.
+            mask_features: per-pixel embeddings, (N, mask_dim, H, W), or with any dimensions
+                between mask_dim and H, W that :meth:`mask_logits` understands.
+            keep_aux: return the earlier predictions as "aux_outputs" (else an empty list).
+        """
         bs = src[0].shape[1]
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
@@ -261,6 +272,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 # The last prediction guides no further layer: skip its attention mask.
                 attn_mask_target_size=None if is_last else size_list[(i + 1) % self.num_feature_levels],
             )
+            if not keep_aux:
+                predictions_class.clear()
+                predictions_mask.clear()
             predictions_class.append(outputs_class)
             predictions_mask.append(outputs_mask)
 
@@ -269,6 +283,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "pred_masks": predictions_mask[-1],
             "aux_outputs": self._set_aux_loss(predictions_class, predictions_mask),
         }
+
+    def mask_logits(self, mask_embed, mask_features):
+        """Mask logits (N, Q, H, W) from query embeddings (N, Q, C) and pixel embeddings (N, C, H, W)."""
+        return torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
 
     def forward_prediction_heads(self, output, mask_features, attn_mask_target_size):
         """
@@ -282,15 +300,19 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         decoder_output = self.decoder_norm(output).transpose(0, 1)
         outputs_class = self.class_embed(decoder_output)
         mask_embed = self.mask_embed(decoder_output)
-        outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        outputs_mask = self.mask_logits(mask_embed, mask_features)
 
         attn_mask = None
         if attn_mask_target_size is not None:
             with torch.no_grad():
+                # Masks (N, Q, ..., H, W) with any dimensions between Q and H, W (the video
+                # decoder's frames): all of them are resized independently, then flattened into
+                # the memory's order.
+                num, num_queries = outputs_mask.shape[:2]
                 resized = F.interpolate(
-                    outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False
+                    outputs_mask.flatten(1, -3), size=attn_mask_target_size, mode="bilinear", align_corners=False
                 )
-                attn_mask = resized.flatten(2).sigmoid() < 0.5  # (N, Q, h*w)
+                attn_mask = resized.reshape(num, num_queries, -1).sigmoid() < 0.5  # (N, Q, ...*h*w)
                 attn_mask &= ~attn_mask.all(dim=-1, keepdim=True)
                 # One copy per head, batch-major, as nn.MultiheadAttention expects.
                 attn_mask = attn_mask.repeat_interleave(self.num_heads, dim=0)
