@@ -1,10 +1,8 @@
 """Fine-tuning a video model from a COCO instance checkpoint (what upstream's video configs do with
 model_final_3c8ec9.pkl etc.): the video decoder has the image decoder's parameter names, so every
 entry loads except those whose shape depends on the number of classes (class_embed and the
-criterion's class weights), which are re-initialised and reported.
-
-Needs the class-count-aware Mask2FormerCheckpointer (another branch): until it is merged, loading
-refuses the mis-shaped class_embed and this test fails.
+criterion's class weights), which are re-initialised and reported. The video trainer builds its
+checkpointer with Mask2FormerCheckpointer.from_config, as the image trainer does.
 """
 import logging
 import os
@@ -40,12 +38,13 @@ def test_coco_instance_checkpoint_initialises_video_model(tmp_path, caplog):
     torch.save({"model": image_state}, path)
 
     torch.manual_seed(1)
-    video_model = build_model(tiny_cfg())  # 3 classes
+    video_cfg = tiny_cfg()
+    video_model = build_model(video_cfg)  # 3 classes
     before = {k: v.clone() for k, v in video_model.state_dict().items()}
     assert set(before) == set(image_state)  # the same entries: only shapes may differ
 
     with caplog.at_level(logging.INFO):
-        Mask2FormerCheckpointer(video_model).load(str(path))
+        Mask2FormerCheckpointer.from_config(video_cfg, video_model).load(str(path))
 
     after = video_model.state_dict()
     for key, value in after.items():
