@@ -71,33 +71,36 @@ def get_checkpoint_url(name):
     return row["checkpoint"]
 
 
-def get_config(name, trained=True):
+def get_config(name, trained=True, add_configs=()):
     """
     The config of model `name` (not frozen). With ``trained=True`` its MODEL.WEIGHTS is the
     published checkpoint's URL; with ``trained=False`` it is empty (random initialisation),
     unlike Detectron2's model zoo, which would fetch the ImageNet initialisation.
+    `add_configs`: functions adding further keys, e.g. for the YouTube-VIS models
+    ``[mask2former_video.add_maskformer2_video_config]`` (this package does not import the video one).
     """
     from .engine import load_config, use_cpu_without_cuda
 
-    cfg = load_config(get_config_file(name))
+    cfg = load_config(get_config_file(name), add_configs=add_configs)
     cfg.MODEL.WEIGHTS = get_checkpoint_url(name) if trained else ""
     use_cpu_without_cuda(cfg)
     return cfg
 
 
-def get(name, trained=True, device=None):
+def get(name, trained=True, device=None, add_configs=()):
     """
     Build model `name` in evaluation mode, with its published weights when `trained` (downloaded
     into the cache the first time).
 
     Args:
         device (str or None): e.g. "cpu" or "cuda:0"; None picks CUDA when available, else the CPU.
+        add_configs: as in :func:`get_config`.
     """
     from detectron2.modeling import build_model
 
     from .utils.checkpoint import Mask2FormerCheckpointer
 
-    cfg = get_config(name, trained)
+    cfg = get_config(name, trained, add_configs)
     cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:

@@ -206,3 +206,14 @@ def test_get_builds_a_zoo_model_with_its_downloaded_weights(tiny_checkpoint, ser
     assert not model.training and model.device.type == "cpu"
     _assert_same(model.state_dict(), expected)
     assert not model_zoo.get(name, trained=False).training
+
+
+def test_video_model_by_name_with_the_video_config_keys():
+    from mask2former_video import add_maskformer2_video_config
+
+    name = "youtubevis_2019/video_maskformer2_R50_bs16_8ep"
+    with pytest.raises(KeyError, match="Non-existent config key: INPUT"):
+        model_zoo.get_config(name)  # the image keys alone do not know the video config
+    cfg = model_zoo.get_config(name, add_configs=[add_maskformer2_video_config])
+    assert cfg.MODEL.META_ARCHITECTURE == "VideoMaskFormer"
+    assert cfg.MODEL.WEIGHTS == model_zoo.get_checkpoint_url(name)
