@@ -201,7 +201,7 @@ def test_get_builds_a_zoo_model_with_its_downloaded_weights(tiny_checkpoint, ser
     import mask2former.engine as engine
 
     original = engine.load_config
-    monkeypatch.setattr(engine, "load_config", lambda path, opts=(): original(path, [*opts, *SMALL]))
+    monkeypatch.setattr(engine, "load_config", lambda path, opts=(), add_configs=(): original(path, [*opts, *SMALL], add_configs))
     model = model_zoo.get(name, device="cpu")
     assert not model.training and model.device.type == "cpu"
     _assert_same(model.state_dict(), expected)
