@@ -40,10 +40,10 @@ def pairwise_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> tor
         (N, M) cost.
     """
     num_points = inputs.shape[1]
-    # BCE(x, y) = y * BCE(x, 1) + (1 - y) * BCE(x, 0): two matrix products give all pairs at once.
-    loss_if_positive = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
-    loss_if_negative = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
-    cost = loss_if_positive @ targets.T + loss_if_negative @ (1 - targets).T
+    # BCE(x, y) = softplus(x) - x * y: the sum over points of the first term does not depend on
+    # the target, the second is one matrix product for all pairs.
+    loss_if_negative = F.softplus(inputs)
+    cost = loss_if_negative.sum(-1, keepdim=True) - inputs @ targets.T
     return cost / num_points
 
 
@@ -87,13 +87,11 @@ class HungarianMatcher(nn.Module):
         point_coords = self.sample_points(pred_masks.device)
         tgt_masks = tgt_masks.to(pred_masks)
         num_queries, num_targets = pred_masks.shape[0], tgt_masks.shape[0]
-        pred_points = point_sample(
-            pred_masks[:, None], point_coords.repeat(num_queries, 1, 1), align_corners=False
-        ).squeeze(1)
+        # The same points for every mask: sample the masks as the channels of one image, which
+        # computes the bilinear weights once instead of once per mask.
+        pred_points = point_sample(pred_masks[None], point_coords, align_corners=False)[0]
         if num_targets > 0:
-            tgt_points = point_sample(
-                tgt_masks[:, None], point_coords.repeat(num_targets, 1, 1), align_corners=False
-            ).squeeze(1)
+            tgt_points = point_sample(tgt_masks[None], point_coords, align_corners=False)[0]
         else:
             tgt_points = pred_points.new_zeros((0, self.num_points))
         # Costs in fp32 even under autocast: BCE and dice are unstable in half precision.
