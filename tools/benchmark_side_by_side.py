@@ -70,34 +70,37 @@ def main(argv=None):
     for root in roots:
         if not os.path.isdir(os.path.join(root, "mask2former")):
             raise SystemExit(f"--code-roots: {root} holds no mask2former package")
-    runs = {root: [] for root in roots}
+    # A checkout may be given twice (an A/A comparison shows the noise): runs are kept per position.
+    labels = [root if roots.count(root) == 1 else f"{root} (#{i + 1})" for i, root in enumerate(roots)]
+    runs = {label: [] for label in labels}
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):
             # Alternate the order too, so that neither checkout always runs first in a round.
-            order = roots if round_index % 2 == 0 else roots[::-1]
-            for root in order:
-                out = os.path.join(tmp, f"run{round_index}_{roots.index(root)}.json")
+            order = list(range(len(roots))) if round_index % 2 == 0 else list(range(len(roots)))[::-1]
+            for index in order:
+                root, label = roots[index], labels[index]
+                out = os.path.join(tmp, f"run{round_index}_{index}.json")
                 cmd = [sys.executable, command[0], "--code-root", root, "--json", out, *command[1:]]
-                print(f"round {round_index + 1}/{args.rounds}: {root}", flush=True)
+                print(f"round {round_index + 1}/{args.rounds}: {label}", flush=True)
                 result = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if result.returncode != 0:
                     sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
                     raise SystemExit(f"benchmark failed for {root} (exit {result.returncode})")
                 print("  " + [line for line in result.stdout.splitlines() if line.startswith("seconds/")][-1])
                 with open(out) as f:
-                    runs[root].append(json.load(f))
+                    runs[label].append(json.load(f))
 
-    count = sum(len(figures["all_stages"]["backbone"]) for figures in runs[roots[0]])
+    count = sum(len(figures["all_stages"]["backbone"]) for figures in runs[labels[0]])
     print(f"\ncommand: {' '.join(command)}")
     print(f"medians of {count} timed iterations per checkout ({args.rounds} interleaved runs each)")
-    wall_table, wall = _table(runs, roots, cpu=False)
-    cpu_table, cpu = _table(runs, roots, cpu=True)
+    wall_table, wall = _table(runs, labels, cpu=False)
+    cpu_table, cpu = _table(runs, labels, cpu=True)
     print("\nwall-clock seconds\n" + wall_table)
     print("\nprocess CPU seconds (all threads)\n" + cpu_table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": command, "code_roots": roots, "runs": runs, "wall": wall, "cpu": cpu}, f, indent=1)
+            json.dump({"command": command, "code_roots": labels, "runs": runs, "wall": wall, "cpu": cpu}, f, indent=1)
 
 
 if __name__ == "__main__":
