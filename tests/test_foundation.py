@@ -147,10 +147,10 @@ def test_worker_shutdown_releases_every_process_group_before_interpreter_exit():
 import weakref
 import torch.distributed as dist
 from detectron2.utils import comm
-from mask2former.utils.launch import _create_local_process_group, _find_free_port, _shut_down_process_groups
+from mask2former.utils.launch import _find_free_port, _join_machine_group, _shut_down_process_groups
 
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_find_free_port()}", world_size=1, rank=0)
-_create_local_process_group(comm, 1, 1, 0)
+_join_machine_group(comm, 1, 0)
 comm.all_gather(0)
 groups = [dist.group.WORLD, comm._LOCAL_PROCESS_GROUP]
 if hasattr(comm, "_get_global_gloo_group"):

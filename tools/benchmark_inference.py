@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Inference speed and memory of a Mask2Former config: seconds per image (median over --iters after
---warmup runs) split into backbone + head and post-processing, and peak memory.
+--warmup runs) split into backbone, pixel decoder, transformer decoder and post-processing (all
+that follows the head: mask upsampling and the semantic/panoptic/instance outputs), and peak
+memory. To compare two versions of the code, run it through tools/benchmark_side_by_side.py.
 
 Random weights are fine for speed (post-processing work depends a little on the predictions:
 pass --weights for a trained model's figures). Example, the reference figure of the project
@@ -13,12 +15,13 @@ pass --weights for a trained model's figures). Example, the reference figure of 
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmark_stages import StageTimer, current_rss_mib, import_code_root, parse_size, peak_rss_mib
+
+CODE_ROOT = import_code_root(sys.argv) if __name__ == "__main__" else None
 
 import mask2former  # noqa: E402  (applies the detectron2 compatibility layer first)
 import torch  # noqa: E402
@@ -30,15 +33,6 @@ from mask2former import add_maskformer2_config  # noqa: E402
 from mask2former.utils.checkpoint import load_checkpoint  # noqa: E402
 
 
-def parse_size(text):
-    parts = text.lower().split("x")
-    if len(parts) == 1:
-        return int(parts[0]), int(parts[0])
-    if len(parts) == 2:
-        return int(parts[0]), int(parts[1])
-    raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}")
-
-
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, help="model config (YAML)")
@@ -48,6 +42,7 @@ def get_parser():
     parser.add_argument("--iters", type=int, default=10, help="timed runs (the median is reported)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--weights", default="", help="checkpoint to load (default: random initialisation)")
+    parser.add_argument("--code-root", default="", help="checkout whose mask2former to import (default: this one)")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser
@@ -63,18 +58,6 @@ def setup_cfg(args):
     cfg.MODEL.WEIGHTS = args.weights
     cfg.freeze()
     return cfg
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def current_rss_mib():
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
 
 
 def main(argv=None):
@@ -106,9 +89,14 @@ def main(argv=None):
         head_done["t"] = time.perf_counter()
 
     model.sem_seg_head.register_forward_hook(mark_head_done)
+    stage_timer = StageTimer(sync)
+    stage_timer.wrap(model.backbone, "forward", "backbone")
+    stage_timer.wrap(model.sem_seg_head.pixel_decoder, "forward_features", "pixel_decoder")
+    stage_timer.wrap(model.sem_seg_head.predictor, "forward", "transformer_decoder")
+    model_stages = ("backbone", "pixel_decoder", "transformer_decoder")
 
     print(
-        f"config {args.config_file} | {height}x{width} | device {args.device} | threads {torch.get_num_threads()} | "
+        f"code {CODE_ROOT} | config {args.config_file} | {height}x{width} | device {args.device} | threads {torch.get_num_threads()} | "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters | "
         f"weights {args.weights or 'random'}",
         flush=True,
@@ -117,7 +105,7 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    totals, heads, cpu_times = [], [], []
+    totals, heads, cpu_times, stages, cpu_stages = [], [], [], [], []
     with torch.inference_mode():
         for i in range(args.warmup + args.iters):
             sync()
@@ -126,18 +114,23 @@ def main(argv=None):
             sync()
             end, cpu_end = time.perf_counter(), time.process_time()
             timed = i >= args.warmup
+            seconds, cpu_seconds = stage_timer.take()
             if timed:
+                stages.append(seconds)
+                cpu_stages.append(cpu_seconds)
                 totals.append(end - start)
                 heads.append(head_done["t"] - start)
                 cpu_times.append(cpu_end - cpu_start)
             label = f"iter {i - args.warmup + 1}/{args.iters}" if timed else f"warm-up {i + 1}/{args.warmup}"
-            print(f"  {label}: {end - start:.3f} s (backbone+head {head_done['t'] - start:.3f} s)", flush=True)
+            split = ", ".join(f"{name} {seconds.get(name, 0.0):.3f}" for name in model_stages)
+            print(f"  {label}: {end - start:.3f} s (backbone+head {head_done['t'] - start:.3f} s: {split})", flush=True)
             del outputs
 
     total = statistics.median(totals)
     head = statistics.median(heads)
     post = statistics.median(t - h for t, h in zip(totals, heads))
     figures = {
+        "code_root": CODE_ROOT,
         "config": args.config_file,
         "size": [height, width],
         "device": args.device,
@@ -146,6 +139,12 @@ def main(argv=None):
         "seconds_per_image": total,
         "backbone_head_seconds": head,
         "postprocess_seconds": post,
+        "stages": {name: statistics.median(s.get(name, 0.0) for s in stages) for name in model_stages},
+        "all_seconds_per_image": totals,
+        "all_postprocess_seconds": [t - h for t, h in zip(totals, heads)],
+        "all_stages": {name: [s.get(name, 0.0) for s in stages] for name in model_stages},
+        "all_cpu_seconds_per_image": cpu_times,
+        "all_cpu_stages": {name: [s.get(name, 0.0) for s in cpu_stages] for name in model_stages},
         # CPU time of this process (all threads): less sensitive than wall time to other load.
         "cpu_seconds_per_image": statistics.median(cpu_times),
         "peak_rss_mib": peak_rss_mib(),
@@ -155,7 +154,9 @@ def main(argv=None):
         figures["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     print(
         f"seconds/image (median of {args.iters}): {total:.3f}  "
-        f"[backbone+head {head:.3f}, post-processing {post:.3f}]; "
+        f"[backbone+head {head:.3f} ("
+        + ", ".join(f"{name} {figures['stages'][name]:.3f}" for name in model_stages)
+        + f"), post-processing {post:.3f}]; "
         f"process CPU time {figures['cpu_seconds_per_image']:.3f} s/image"
     )
     memory = f"peak RSS {figures['peak_rss_mib']:.0f} MiB (RSS before inference {rss_before:.0f} MiB)"

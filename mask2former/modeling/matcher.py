@@ -40,10 +40,10 @@ def pairwise_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> tor
         (N, M) cost.
     """
     num_points = inputs.shape[1]
-    # BCE(x, y) = y * BCE(x, 1) + (1 - y) * BCE(x, 0): two matrix products give all pairs at once.
-    loss_if_positive = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
-    loss_if_negative = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
-    cost = loss_if_positive @ targets.T + loss_if_negative @ (1 - targets).T
+    # BCE(x, y) = softplus(x) - x * y: the sum over points of the first term does not depend on
+    # the target, the second is one matrix product for all pairs.
+    loss_if_negative = F.softplus(inputs)
+    cost = loss_if_negative.sum(-1, keepdim=True) - inputs @ targets.T
     return cost / num_points
 
 
@@ -71,8 +71,9 @@ class HungarianMatcher(nn.Module):
 
     def point_values(self, masks: torch.Tensor, point_coords: torch.Tensor) -> torch.Tensor:
         """Values (N, P) of masks (N, H, W) at the points (1, P, 2), bilinearly interpolated."""
-        coords = point_coords.repeat(masks.shape[0], 1, 1)
-        return point_sample(masks[:, None], coords, align_corners=False).squeeze(1)
+        # The same points for every mask: sample the masks as the channels of one image, which
+        # computes the bilinear weights once instead of once per mask.
+        return point_sample(masks[None], point_coords, align_corners=False)[0]
 
     def compute_costs(self, pred_logits, pred_masks, tgt_labels, tgt_masks):
         """Costs of one image.

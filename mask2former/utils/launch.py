@@ -6,6 +6,7 @@ per-machine process group for both the v0.6 and the current ``detectron2.utils.c
 """
 import gc
 import logging
+import os
 import socket
 from datetime import timedelta
 
@@ -15,7 +16,9 @@ import torch.multiprocessing as mp
 
 __all__ = ["DEFAULT_TIMEOUT", "launch"]
 
-DEFAULT_TIMEOUT = timedelta(minutes=30)
+# How long a collective operation (and the initial rendezvous) waits for the other processes
+# before failing instead of hanging; MASK2FORMER_DIST_TIMEOUT_S overrides it (seconds).
+DEFAULT_TIMEOUT = timedelta(seconds=float(os.environ.get("MASK2FORMER_DIST_TIMEOUT_S", 30 * 60)))
 
 
 def _find_free_port() -> int:
@@ -66,27 +69,44 @@ def _distributed_worker(
 ):
     from detectron2.utils import comm
 
-    has_gpu = torch.cuda.is_available()
-    if has_gpu and num_gpus_per_machine > torch.cuda.device_count():
+    use_gpu = torch.cuda.is_available()
+    if use_gpu and num_gpus_per_machine > torch.cuda.device_count():
         raise RuntimeError(
             f"--num-gpus {num_gpus_per_machine} was requested but only "
             f"{torch.cuda.device_count()} GPU(s) are visible."
         )
-    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    # Machines are numbered first: the workers of machine m hold ranks m*G ... m*G + G-1.
+    rank = machine_rank * num_gpus_per_machine + local_rank
     dist.init_process_group(
-        backend="NCCL" if has_gpu else "GLOO",
-        init_method=dist_url,
-        world_size=world_size,
-        rank=global_rank,
-        timeout=timeout,
+        backend="NCCL" if use_gpu else "GLOO", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
     )
-    _create_local_process_group(comm, world_size, num_gpus_per_machine, machine_rank)
-    if has_gpu:
-        torch.cuda.set_device(local_rank)
-    comm.synchronize()
-    main_func(*args)
-    comm.synchronize()
+    comm_name = f"rank {rank} of {world_size} (machine {machine_rank}, worker {local_rank}; {dist_url})"
+    try:
+        _join_machine_group(comm, num_gpus_per_machine, machine_rank)
+        if use_gpu:
+            torch.cuda.set_device(local_rank)
+        comm.synchronize()
+        main_func(*args)
+        comm.synchronize()
+    except RuntimeError as error:
+        if not _is_communication_failure(error):
+            raise
+        raise RuntimeError(
+            f"Training process {comm_name} lost contact with the other processes: another process or "
+            f"machine stopped (see its log for why), or the network between them failed. Every process "
+            f"stops when one does; restart all of them (--resume continues from the last checkpoint). "
+            f"Collectives wait at most {timeout} (MASK2FORMER_DIST_TIMEOUT_S). Cause: {error}"
+        ) from error
     _shut_down_process_groups(comm)
+
+
+def _is_communication_failure(error):
+    """Whether `error` comes from the process group (a peer vanished, a collective timed out)."""
+    dist_error = getattr(dist, "DistError", ())
+    if dist_error and isinstance(error, dist_error):
+        return True
+    message = str(error).lower()
+    return any(word in message for word in ("gloo", "nccl", "connection reset", "connection closed", "timed out"))
 
 
 def _shut_down_process_groups(comm):
@@ -104,13 +124,17 @@ def _shut_down_process_groups(comm):
     gc.collect()
 
 
-def _create_local_process_group(comm, world_size, num_workers_per_machine, machine_rank):
+def _join_machine_group(comm, workers_per_machine, machine_rank):
+    """Give Detectron2's ``comm`` the group of this machine's workers (its local rank and size)."""
     if hasattr(comm, "create_local_process_group"):
-        comm.create_local_process_group(num_workers_per_machine)
+        # Newer Detectron2 builds the per-machine groups itself.
+        comm.create_local_process_group(workers_per_machine)
         return
-    # Detectron2 v0.6 keeps the group in a module global; every rank must create every group.
-    for machine in range(world_size // num_workers_per_machine):
-        ranks = list(range(machine * num_workers_per_machine, (machine + 1) * num_workers_per_machine))
-        group = dist.new_group(ranks)
+    # Detectron2 v0.6 reads the group from a module global. new_group() is collective: every
+    # process creates every machine's group, in the same order, and keeps its own.
+    num_machines = dist.get_world_size() // workers_per_machine
+    for machine in range(num_machines):
+        first = machine * workers_per_machine
+        group = dist.new_group(list(range(first, first + workers_per_machine)))
         if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group

@@ -45,13 +45,22 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
+    def _dropout(self, module, x):
+        # Identity at inference and at p=0 (the published recipes): skip the call and its copy.
+        return module(x) if self.training and module.p > 0 else x
+
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
-        src2 = self.self_attn(
-            src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
-        )
-        src = self.norm1(src + self.dropout1(src2))
-        src2 = self.linear2(self.dropout2(self.activation(self.linear1(src))))
-        return self.norm2(src + self.dropout3(src2))
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        src = self.norm1(src + self._dropout(self.dropout1, attended))
+        # The FFN runs on (N * Len, C) rows, so that its linear layers return fresh tensors rather
+        # than views: the ReLU and the residual sum then write into them in place (a linear
+        # layer's backward does not need its output; in place on a view, autograd would copy).
+        # On CPU every new activation-sized buffer costs page faults comparable to the arithmetic.
+        rows = src.flatten(0, 1)
+        hidden = self.linear1(rows)
+        hidden = hidden.relu_() if self.activation is F.relu else self.activation(hidden)
+        out = self._dropout(self.dropout3, self.linear2(self._dropout(self.dropout2, hidden))).add_(rows)
+        return self.norm2(out).view_as(src)
 
 
 class MSDeformAttnTransformerEncoder(nn.Module):
@@ -62,22 +71,23 @@ class MSDeformAttnTransformerEncoder(nn.Module):
 
     @staticmethod
     def get_reference_points(spatial_shapes, valid_ratios, device):
+        """Where each token of the flattened levels looks from, on every level.
+
+        A token is the centre of its pixel, (col + 0.5, row + 0.5), divided by the valid (unpadded)
+        extent of its own level; it is then rescaled by each level's valid ratios, so that one
+        point lands on the same image location on every level.
+        Returns (N, sum_l H_l*W_l, L, 2), (x, y) order.
         """
-        (N, sum_l H_l*W_l, L, 2) normalized (x, y) pixel centres of every token, expressed in the
-        coordinates of each level (scaled by the levels' valid ratios).
-        """
-        reference_points_list = []
-        for lvl, (H_, W_) in enumerate(spatial_shapes.tolist()):
-            ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, H_ - 0.5, H_, dtype=torch.float32, device=device),
-                torch.linspace(0.5, W_ - 0.5, W_, dtype=torch.float32, device=device),
-                indexing="ij",
-            )
-            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * H_)
-            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * W_)
-            reference_points_list.append(torch.stack((ref_x, ref_y), -1))
-        reference_points = torch.cat(reference_points_list, 1)
-        return reference_points[:, :, None] * valid_ratios[:, None]
+        per_level = []
+        for level, (height, width) in enumerate(spatial_shapes.tolist()):
+            col_centres = torch.arange(width, dtype=torch.float32, device=device).add_(0.5)
+            row_centres = torch.arange(height, dtype=torch.float32, device=device).add_(0.5)
+            # Row-major token order: x cycles fastest.
+            x = col_centres.repeat(height)[None] / (valid_ratios[:, level, 0:1] * width)
+            y = row_centres.repeat_interleave(width)[None] / (valid_ratios[:, level, 1:2] * height)
+            per_level.append(torch.stack((x, y), -1))
+        own_level_points = torch.cat(per_level, 1)
+        return own_level_points[:, :, None, :] * valid_ratios[:, None, :, :]
 
     def forward(self, src, spatial_shapes, level_start_index, valid_ratios, pos=None, padding_mask=None):
         output = src
@@ -126,21 +136,16 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         Returns:
             memory (N, sum_l H_l*W_l, C), spatial_shapes (L, 2) int64, level_start_index (L,) int64.
         """
-        src_flatten = []
-        lvl_pos_embed_flatten = []
-        spatial_shapes = []
-        for lvl, (src, pos_embed) in enumerate(zip(srcs, pos_embeds)):
-            spatial_shapes.append(src.shape[2:])
-            src_flatten.append(src.flatten(2).transpose(1, 2))
-            lvl_pos_embed_flatten.append(
-                pos_embed.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
-            )
-        src_flatten = torch.cat(src_flatten, 1)
-        lvl_pos_embed_flatten = torch.cat(lvl_pos_embed_flatten, 1)
-        spatial_shapes = torch.as_tensor(spatial_shapes, dtype=torch.long, device=src_flatten.device)
-        level_start_index = torch.cat(
-            (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
-        )
+        # Every level becomes a run of H_l*W_l tokens (row-major), the runs concatenated from the
+        # first level to the last; the positions get their level's learned embedding added.
+        shapes = [tuple(src.shape[-2:]) for src in srcs]
+        src_flatten = torch.cat([src.flatten(2) for src in srcs], 2).transpose(1, 2).contiguous()
+        lvl_pos_embed_flatten = torch.cat(
+            [pos.flatten(2) + self.level_embed[lvl][:, None] for lvl, pos in enumerate(pos_embeds)], 2
+        ).transpose(1, 2).contiguous()
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        tokens_per_level = spatial_shapes[:, 0] * spatial_shapes[:, 1]
+        level_start_index = tokens_per_level.cumsum(0) - tokens_per_level
         # Inputs are never padded here, so every level is fully valid.
         valid_ratios = src_flatten.new_ones((src_flatten.shape[0], len(srcs), 2))
 

@@ -2,6 +2,7 @@ import math
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import xavier_uniform_
 
@@ -160,11 +161,19 @@ class MSDeformAttn(nn.Module):
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(batch, num_values, self.n_heads, head_dim)
-        sampling_offsets = self.sampling_offsets(query).view(
-            batch, num_queries, self.n_heads, self.n_levels, self.n_points, 2
+        # The offsets and the attention logits both read the query: one matrix product (weights
+        # stacked on the fly; the parameters keep upstream's two layers) reads it once.
+        num_offsets = self.sampling_offsets.out_features
+        query_terms = F.linear(
+            query,
+            torch.cat((self.sampling_offsets.weight, self.attention_weights.weight)),
+            torch.cat((self.sampling_offsets.bias, self.attention_weights.bias)),
+        )
+        sampling_offsets = query_terms[..., :num_offsets].unflatten(
+            -1, (self.n_heads, self.n_levels, self.n_points, 2)
         )
         attention_weights = _softmax_last_dim(
-            self.attention_weights(query).view(batch, num_queries, self.n_heads, self.n_levels * self.n_points)
+            query_terms[..., num_offsets:].unflatten(-1, (self.n_heads, self.n_levels * self.n_points))
         ).view(batch, num_queries, self.n_heads, self.n_levels, self.n_points)
         # The broadcasts below are laid out as (..., n_levels, n_points, 2) blocks, which PyTorch
         # computes several times faster on CPU than broadcasting size-1 dims between small ones.

@@ -1,0 +1,112 @@
+"""Shared pieces of tools/benchmark_inference.py and tools/benchmark_training.py: which checkout to
+import, wall-clock timers around the model's stages, and memory figures.
+
+``--code-root DIR`` makes a benchmark import ``mask2former`` from another checkout (e.g. an older
+commit in a ``git worktree``), so that tools/benchmark_side_by_side.py can time two versions of the
+code with the same benchmark script, alternately, in one run.
+"""
+import os
+import resource
+import sys
+import time
+from collections import defaultdict
+
+
+def import_code_root(argv):
+    """Put the checkout named by ``--code-root`` (default: this one) first on sys.path, before
+    anything imports mask2former. Returns its absolute path."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for i, arg in enumerate(argv):
+        if arg == "--code-root" and i + 1 < len(argv):
+            root = argv[i + 1]
+        elif arg.startswith("--code-root="):
+            root = arg.split("=", 1)[1]
+    root = os.path.abspath(root)
+    if not os.path.isdir(os.path.join(root, "mask2former")):
+        raise SystemExit(f"--code-root {root}: no mask2former package there")
+    sys.path.insert(0, root)
+    return root
+
+
+class StageTimer:
+    """Wall-clock seconds and process CPU seconds (all threads) spent in named stages.
+
+    ``wrap(obj, attr, name)`` replaces the bound method ``obj.attr`` by a timed one. Time spent in a
+    stage nested inside another is counted in the inner stage only (the outer one is charged its
+    own time), so the stages of an iteration add up to at most its total. CPU time is the steadier
+    figure on a loaded machine (it does not count time spent waiting for a core), wall time the
+    one a user sees on a quiet machine.
+    """
+
+    def __init__(self, sync=lambda: None):
+        self.sync = sync
+        self.seconds = defaultdict(float)
+        self.cpu_seconds = defaultdict(float)
+        self._stack = []
+
+    def wrap(self, obj, attr, name):
+        original = getattr(obj, attr)
+
+        def timed(*args, **kwargs):
+            with self.stage(name):
+                return original(*args, **kwargs)
+
+        setattr(obj, attr, timed)
+
+    def _charge(self, name, since):
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.seconds[name] += wall - since[0]
+        self.cpu_seconds[name] += cpu - since[1]
+        return [wall, cpu]
+
+    def stage(self, name):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                timer.sync()
+                now = [time.perf_counter(), time.process_time()]
+                if timer._stack:
+                    outer, since = timer._stack[-1]
+                    timer._stack[-1][1] = timer._charge(outer, since)
+                    now = timer._stack[-1][1]
+                timer._stack.append([name, now])
+
+            def __exit__(self, *exc):
+                timer.sync()
+                inner, since = timer._stack.pop()
+                now = timer._charge(inner, since)
+                if timer._stack:
+                    timer._stack[-1][1] = now
+                return False
+
+        return _Stage()
+
+    def take(self):
+        """(wall seconds, CPU seconds) per stage since the last take()."""
+        taken = dict(self.seconds), dict(self.cpu_seconds)
+        self.seconds, self.cpu_seconds = defaultdict(float), defaultdict(float)
+        return taken
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def current_rss_mib():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def parse_size(text):
+    import argparse
+
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        return int(parts[0]), int(parts[0])
+    if len(parts) == 2:
+        return int(parts[0]), int(parts[1])
+    raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}")
