@@ -1,6 +1,8 @@
 """build_optimizer groups parameters whose learning rate and weight decay are equal. Each parameter
 must get the hyper-parameters of upstream's rules (written out by hand below) and the same updates,
 bit for bit, as upstream's one-group-per-parameter optimizer."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -139,3 +141,49 @@ def test_full_model_clipping_clips_all_groups_together():
         # The total norm sums the per-tensor norms in group order rather than model order: equal
         # up to float rounding.
         torch.testing.assert_close(grouped[name], reference[name], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("optimizer_name", ["SGD", "ADAMW"])
+def test_state_saved_with_one_group_per_parameter_resumes_in_the_grouped_optimizer(optimizer_name):
+    """A run started with upstream's layout (one group per parameter, e.g. checkpoints written
+    before parameters shared groups) continues with the same moments and learning rates."""
+    from mask2former.engine.optimizer import regroup_per_parameter_state
+
+    torch.manual_seed(0)
+    model = _TinyModel()
+    grouped_model = _TinyModel()
+    grouped_model.load_state_dict(model.state_dict())
+    cfg = _cfg(optimizer_name)
+    implementation = _implementation(build_optimizer(cfg, _TinyModel()))
+
+    # Two steps in the old layout, in the order the old builder made its groups
+    # (the module traversal order), then the state is saved; a scheduler changed the lr.
+    params = dict(model.named_parameters())
+    order = [name for name in dict(model.named_parameters()) if name in EXPECTED]
+    old = torch.optim.SGD if optimizer_name == "SGD" else torch.optim.AdamW
+    old_groups = [{"params": [params[n]], "lr": EXPECTED[n][0] / 2, "weight_decay": EXPECTED[n][1]} for n in order]
+    kwargs = {"momentum": 0.9} if optimizer_name == "SGD" else {}
+    old_optimizer = old(old_groups, BASE_LR, **kwargs, **implementation)
+    _train(model, old_optimizer, steps=2)
+    saved = copy.deepcopy(old_optimizer.state_dict())  # as written to and read from a file
+    grouped_model.load_state_dict(model.state_dict())
+
+    grouped = build_optimizer(cfg, grouped_model)
+    with pytest.raises(ValueError):  # what --resume met before the upgrade
+        grouped.load_state_dict(saved)
+    grouped.load_state_dict(regroup_per_parameter_state(saved, grouped, grouped_model))
+    assert {g["lr"] for g in grouped.param_groups} == {lr / 2 for lr, _ in EXPECTED.values()}
+
+    continued_old = _train(model, old_optimizer, steps=2)
+    continued_grouped = _train(grouped_model, grouped, steps=2)
+    for name in EXPECTED:
+        assert torch.equal(continued_grouped[name], continued_old[name]), name
+
+
+def test_state_of_the_same_layout_is_left_alone():
+    from mask2former.engine.optimizer import regroup_per_parameter_state
+
+    model = _TinyModel()
+    optimizer = build_optimizer(_cfg("ADAMW"), model)
+    state = optimizer.state_dict()
+    assert regroup_per_parameter_state(state, optimizer, model) is state

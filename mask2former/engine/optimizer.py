@@ -49,16 +49,11 @@ def build_optimizer(cfg, model):
     (fused) kernel instead of a dozen small operations per parameter.
     """
     groups = {}
-    seen = set()
-    for module_name, module in model.named_modules():
-        for param_name, value in module.named_parameters(recurse=False):
-            if not value.requires_grad or value in seen:
-                continue
-            seen.add(value)
-            hyperparams = parameter_hyperparameters(cfg, module_name, module, param_name)
-            if cfg.SOLVER.LAYER_DECAY.ENABLED:
-                hyperparams = layer_decay_hyperparams(cfg, f"{module_name}.{param_name}", value)
-            groups.setdefault(tuple(sorted(hyperparams.items())), []).append(value)
+    for module_name, module, param_name, value in _trainable_parameters(model):
+        hyperparams = parameter_hyperparameters(cfg, module_name, module, param_name)
+        if cfg.SOLVER.LAYER_DECAY.ENABLED:
+            hyperparams = layer_decay_hyperparams(cfg, f"{module_name}.{param_name}", value)
+        groups.setdefault(tuple(sorted(hyperparams.items())), []).append(value)
     params = [{"params": values, **dict(key)} for key, values in groups.items()]
     implementation = _multi_tensor_implementation(
         [value for group in params for value in group["params"]], amp=cfg.SOLVER.AMP.ENABLED
@@ -85,6 +80,49 @@ def build_optimizer(cfg, model):
         # Detectron2's per-parameter clipping ("value" / "norm" clip types).
         optimizer = maybe_add_gradient_clipping(cfg, optimizer)
     return optimizer
+
+
+def _trainable_parameters(model):
+    """(module name, module, parameter name, parameter) of each trainable parameter, once each, in
+    the order in which the optimizer builders of this project (and upstream's) meet them."""
+    seen = set()
+    for module_name, module in model.named_modules():
+        for param_name, value in module.named_parameters(recurse=False):
+            if value.requires_grad and value not in seen:
+                seen.add(value)
+                yield module_name, module, param_name, value
+
+
+def regroup_per_parameter_state(state, optimizer, model):
+    """
+    `state` (an optimizer state dict) in the layout of `optimizer`, built by :func:`build_optimizer`
+    for `model`, when `state` was saved with one group per parameter (upstream's layout, and this
+    project's before parameters shared groups); any other state is returned as it is. Lets
+    ``--resume`` continue a run started with one group per parameter, moments and learning rates
+    included.
+    """
+    old_groups = state["param_groups"]
+    if len(old_groups) == len(optimizer.param_groups) or any(len(g["params"]) != 1 for g in old_groups):
+        return state
+    order = [value for *_, value in _trainable_parameters(model)]
+    if len(order) != len(old_groups):
+        return state  # not the same model: torch's own error says so
+    old_index = {id(value): group["params"][0] for value, group in zip(order, old_groups)}
+    old_group = {group["params"][0]: group for group in old_groups}
+    new_state, new_groups, index = {}, [], 0
+    for group in optimizer.param_groups:
+        indices = []
+        for value in group["params"]:
+            old = old_index[id(value)]
+            if old in state["state"]:
+                new_state[index] = state["state"][old]
+            indices.append(index)
+            index += 1
+        # The members of a group had equal hyper-parameters, so the first one's saved group holds
+        # the group's (scheduled) learning rate.
+        saved = old_group[old_index[id(group["params"][0])]]
+        new_groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": indices})
+    return {"state": new_state, "param_groups": new_groups}
 
 
 def _multi_tensor_implementation(params, amp):

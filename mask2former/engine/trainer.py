@@ -20,7 +20,7 @@ from ..evaluation import build_evaluator
 from ..test_time_augmentation import SemanticSegmentorWithTTA
 from ..utils.checkpoint import Mask2FormerCheckpointer
 from .ema import add_ema_hook
-from .optimizer import build_optimizer
+from .optimizer import build_optimizer, regroup_per_parameter_state
 
 logger = logging.getLogger("mask2former")
 
@@ -74,7 +74,14 @@ class Trainer(DefaultTrainer):
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
+            trainer_state = dict(state_dict["_trainer"])
+            if "optimizer" in trainer_state:
+                model = self._trainer.model
+                model = model.module if isinstance(model, DistributedDataParallel) else model
+                trainer_state["optimizer"] = regroup_per_parameter_state(
+                    trainer_state["optimizer"], self._trainer.optimizer, model
+                )
+            self._trainer.load_state_dict(trainer_state)
         if "data" in state_dict and isinstance(self.data_loader, ResumableTrainLoader):
             self.data_loader.load_state_dict(state_dict["data"])
         if "rng" in state_dict:
