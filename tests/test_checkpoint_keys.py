@@ -42,11 +42,14 @@ CONFIGS = {
     ),
     "ytvis_2019_video_maskformer2_R50_bs16_8ep": "youtubevis_2019/video_maskformer2_R50_bs16_8ep.yaml",
 }
-# Checked by the tests of the DiNAT and SeMask backbones.
+# Checked by the tests of the DiNAT, SeMask and ViT-Adapter backbones (test_vit_adapter.py) and of
+# the ViT-Adapter checkpoint converter (test_vit_adapter_converters.py).
 OTHER_BACKBONES = {
     "dinat_large_ade20k_semantic",
     "dinat_large_coco_panoptic",
     "semask_swin_large_ade20k_semantic",
+    "vit_adapter_large_backbone",
+    "vit_adapter_large_mmdet_panoptic_head",
 }
 
 

@@ -45,6 +45,13 @@ class MissingCompiledOpError(RuntimeError):
     """Raised when code calls a Detectron2 op that needs the compiled extension."""
 
 
+# The start-up hook runs this file under another module name before the package imports it; the
+# placeholder it installs must raise the class that ``mask2former.utils.detectron2_compat`` names.
+_STARTUP_MODULE = "_mask2former_detectron2_compat"
+if __name__ != _STARTUP_MODULE and _STARTUP_MODULE in sys.modules:
+    MissingCompiledOpError = sys.modules[_STARTUP_MODULE].MissingCompiledOpError  # noqa: F811
+
+
 class _MissingCompiledOps(types.ModuleType):
     """Stands in for ``detectron2._C``: imports succeed, calling any op raises a clear error."""
 
@@ -166,9 +173,10 @@ def install_startup_hook(site_dir):
     source = os.path.abspath(__file__)
     # Python runs a .pth line that starts with "import"; it must fit on one line and never fail.
     line = (
-        "import importlib.util as u, os; f = %r; s = os.path.isfile(f) and "
-        "u.spec_from_file_location('_mask2former_detectron2_compat', f); m = s and u.module_from_spec(s); "
-        "s and (s.loader.exec_module(m), m.install_import_hook())\n" % source
+        "import importlib.util as u, os, sys; f = %r; s = os.path.isfile(f) and "
+        "u.spec_from_file_location(%r, f); m = s and u.module_from_spec(s); "
+        "s and (sys.modules.setdefault(%r, m), s.loader.exec_module(m), m.install_import_hook())\n"
+        % (source, _STARTUP_MODULE, _STARTUP_MODULE)
     )
     path = os.path.join(site_dir, STARTUP_HOOK_NAME)
     with open(path, "w") as f:
