@@ -17,6 +17,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from .maskformer_model import MaskFormer
 from .modeling.backbone.semask_swin import D2SeMaskSwinTransformer
+from .modeling.postprocessing import upsample_masks
 
 __all__ = ["SeMaskMaskFormer"]
 
@@ -88,7 +89,5 @@ class SeMaskMaskFormer(MaskFormer):
         images = self.preprocess_image(batched_inputs)
         features, _ = self.backbone(images.tensor)
         outputs, _ = self.sem_seg_head(features)
-        mask_pred_results = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
+        mask_pred_results = upsample_masks(outputs["pred_masks"], images.tensor.shape[-2:])
         return images, outputs["pred_logits"], mask_pred_results
