@@ -43,6 +43,11 @@ def get_parser():
         "--confidence-threshold", type=float, default=0.5, help="minimum score of drawn instances"
     )
     parser.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="run this ONNX export of the config's model (tools/export_model.py) with onnxruntime instead of PyTorch",
+    )
+    parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs"
     )
     return parser
@@ -67,7 +72,12 @@ def main(argv=None):
     use_cpu_without_cuda(cfg)
     check_inputs(cfg)
     cfg.freeze()
-    demo = VisualizationDemo(cfg, score_threshold=args.confidence_threshold)
+    predictor = None
+    if args.onnx:
+        from mask2former.export import OnnxPredictor
+
+        predictor = OnnxPredictor(cfg, args.onnx)
+    demo = VisualizationDemo(cfg, score_threshold=args.confidence_threshold, predictor=predictor)
 
     single_file = len(paths) == 1 and os.path.splitext(args.output)[1] != ""
     if not single_file:

@@ -54,12 +54,13 @@ def tile_horizontally(images, gap=4):
 class VisualizationDemo:
     """Loads the model of `cfg` (weights from MODEL.WEIGHTS) and visualises its predictions."""
 
-    def __init__(self, cfg, score_threshold=0.5, instance_mode=ColorMode.IMAGE):
+    def __init__(self, cfg, score_threshold=0.5, instance_mode=ColorMode.IMAGE, predictor=None):
         dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(dataset)
         self.score_threshold = score_threshold
         self.instance_mode = instance_mode
-        self.predictor = DefaultPredictor(cfg)
+        # Any callable image_bgr -> results dict, e.g. mask2former.export.OnnxPredictor.
+        self.predictor = predictor if predictor is not None else DefaultPredictor(cfg)
 
     @torch.no_grad()
     def run_on_image(self, image_bgr):

@@ -241,11 +241,16 @@ class MaskFormer(nn.Module):
         weight_dict = self.criterion.weight_dict
         return {k: v * weight_dict[k] for k, v in losses.items() if k in weight_dict}
 
+    def head_outputs(self, images: torch.Tensor) -> Dict:
+        """The head's outputs (``pred_logits``, ``pred_masks`` at the head's stride, ...) for a
+        normalised, padded batch (N, C, H_pad, W_pad); what exported networks compute."""
+        return self.sem_seg_head(self.backbone(images))
+
     def predict_masks(self, batched_inputs: List[Dict]):
         """Inference up to the head: (padded ImageList, class logits (N, Q, K+1), mask logits
         (N, Q, H_pad, W_pad) bilinearly upsampled to the padded input size)."""
         images = self.preprocess_image(batched_inputs)
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        outputs = self.head_outputs(images.tensor)
         mask_pred_results = postprocessing.upsample_masks(outputs["pred_masks"], images.tensor.shape[-2:])
         return images, outputs["pred_logits"], mask_pred_results
 

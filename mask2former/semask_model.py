@@ -17,7 +17,6 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from .maskformer_model import MaskFormer
 from .modeling.backbone.semask_swin import D2SeMaskSwinTransformer
-from .modeling.postprocessing import upsample_masks
 
 __all__ = ["SeMaskMaskFormer"]
 
@@ -85,9 +84,8 @@ class SeMaskMaskFormer(MaskFormer):
             gt[i, : sem_seg.shape[0], : sem_seg.shape[1]] = sem_seg.to(self.device)
         return F.cross_entropy(semantic_logits, gt, ignore_index=self.ignore_value)
 
-    def predict_masks(self, batched_inputs: List[Dict]):
-        images = self.preprocess_image(batched_inputs)
-        features, _ = self.backbone(images.tensor)
+    def head_outputs(self, images: torch.Tensor) -> Dict:
+        # The backbone's and the head's semantic predictions only serve the training loss.
+        features, _ = self.backbone(images)
         outputs, _ = self.sem_seg_head(features)
-        mask_pred_results = upsample_masks(outputs["pred_masks"], images.tensor.shape[-2:])
-        return images, outputs["pred_logits"], mask_pred_results
+        return outputs

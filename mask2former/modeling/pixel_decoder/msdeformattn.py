@@ -16,6 +16,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from ..transformer_decoder.transformer import activation_fn, xavier_init_matrices
 from .fpn import build_fpn_level_convs, select_input_shapes
+from .ops.functions import level_sizes
 from .ops.modules import MSDeformAttn
 
 __all__ = ["MSDeformAttnTransformerEncoderOnly", "MSDeformAttnPixelDecoder"]
@@ -64,13 +65,16 @@ class MSDeformAttnTransformerEncoder(nn.Module):
     def get_reference_points(spatial_shapes, valid_ratios, device):
         """
         (N, sum_l H_l*W_l, L, 2) normalized (x, y) pixel centres of every token, expressed in the
-        coordinates of each level (scaled by the levels' valid ratios).
+        coordinates of each level (scaled by the levels' valid ratios). ``spatial_shapes``: (L, 2)
+        tensor or list of (H_l, W_l).
         """
         reference_points_list = []
-        for lvl, (H_, W_) in enumerate(spatial_shapes.tolist()):
+        for lvl, (H_, W_) in enumerate(level_sizes(spatial_shapes)):
+            # Pixel centres 0.5, 1.5, ...: the same float32 values as linspace(0.5, H - 0.5, H),
+            # written with arange because exporters record linspace in float64.
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, H_ - 0.5, H_, dtype=torch.float32, device=device),
-                torch.linspace(0.5, W_ - 0.5, W_, dtype=torch.float32, device=device),
+                torch.arange(H_, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(W_, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * H_)
@@ -144,8 +148,9 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         # Inputs are never padded here, so every level is fully valid.
         valid_ratios = src_flatten.new_ones((src_flatten.shape[0], len(srcs), 2))
 
+        # The layers get the sizes as a list (from the feature shapes, which exporters follow).
         memory = self.encoder(
-            src_flatten, spatial_shapes, level_start_index, valid_ratios, lvl_pos_embed_flatten
+            src_flatten, [tuple(src.shape[2:]) for src in srcs], level_start_index, valid_ratios, lvl_pos_embed_flatten
         )
         return memory, spatial_shapes, level_start_index
 
@@ -276,10 +281,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         y, spatial_shapes, level_start_index = self.transformer(srcs, pos)
         bs = y.shape[0]
 
-        level_sizes = spatial_shapes.prod(1).tolist()
+        sizes = [tuple(src.shape[2:]) for src in srcs]
         out = [
             z.transpose(1, 2).view(bs, -1, h, w)
-            for z, (h, w) in zip(torch.split(y, level_sizes, dim=1), spatial_shapes.tolist())
+            for z, (h, w) in zip(torch.split(y, [h * w for h, w in sizes], dim=1), sizes)
         ]
 
         # Extra FPN levels, from low to high resolution.
