@@ -47,6 +47,7 @@ def image_of(height, width, seed):
     return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(96, 128), (120, 90), (77, 150)])
 def test_runner_gives_the_pytorch_results(exported, size):
     cfg, onnx_path = exported

@@ -16,6 +16,7 @@ import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+from detectron2.modeling.backbone import ResNet
 from torch import nn
 
 from ..modeling.pixel_decoder.ops import backend as msda_backend
@@ -80,12 +81,25 @@ def check_exportable(model: nn.Module, fmt: str, dynamic: bool) -> None:
                 f"{name} ({kind}): implementation='natten' calls natten's compiled kernels, which no "
                 "exporter can record; use MODEL.DINAT neighborhood attention 'gather' or 'tiled'"
             )
-    if dynamic and fmt == "torchscript":
-        raise ExportError(
-            "--dynamic with --format torchscript: the TorchScript export is a trace, which freezes the "
-            "feature-map sizes (Swin window padding, deformable-attention level sizes) as constants; use "
-            "--format onnx or exported_program for dynamic input sizes, or export one file per size"
-        )
+    if dynamic:
+        if fmt != "onnx":
+            raise ExportError(
+                f"--dynamic with --format {fmt}: "
+                + (
+                    "the TorchScript export is a trace, which freezes the feature-map sizes as constants"
+                    if fmt == "torchscript"
+                    else "torch.export specialises the program to the example size (the pixel decoder's "
+                    "level sizes become guards)"
+                )
+                + "; use --format onnx for dynamic input sizes, or export one file per size"
+            )
+        backbone = getattr(model, "backbone", None)
+        if backbone is not None and not isinstance(backbone, ResNet):
+            raise ExportError(
+                f"--dynamic: backbone ({type(backbone).__name__}) computes its window / neighbourhood padding "
+                "from the input size in Python, which the ONNX trace freezes as constants; dynamic sizes work "
+                "with ResNet backbones. Export this model at a fixed --height/--width (one file per size)"
+            )
 
 
 def tolerance_for(reference: torch.Tensor) -> float:
@@ -149,13 +163,7 @@ def _export_torchscript(wrapper, example, tmp, dynamic):
 
 
 def _export_program(wrapper, example, tmp, dynamic):
-    shapes = None
-    if dynamic:
-        # Multiples of 32 (the backbones' size divisibility): H = 32 * h.
-        h = torch.export.Dim("h", min=2, max=64)
-        w = torch.export.Dim("w", min=2, max=64)
-        shapes = {"image": {2: 32 * h, 3: 32 * w}}
-    program = torch.export.export(wrapper, (example,), dynamic_shapes=shapes)
+    program = torch.export.export(wrapper, (example,))
     torch.export.save(program, tmp)
     loaded = torch.export.load(tmp).module()
     return lambda image: loaded(image)

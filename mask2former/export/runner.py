@@ -105,9 +105,15 @@ class OnnxPredictor:
             original_image = original_image[:, :, ::-1]
         height, width = original_image.shape[:2]
         image = self.aug.get_transform(original_image).apply_image(original_image)
-        image_size = image.shape[:2]
+        return self.predict_resized(image, height, width)
+
+    def predict_resized(self, image: np.ndarray, height: int, width: int) -> Dict:
+        """Results at (height, width) for an HxWxC image already in INPUT.FORMAT and resized (what
+        the PyTorch model receives as ``image``)."""
         batch = self.padded_input(image.astype(np.float32))
         class_logits, mask_logits = self.run_network(batch)
         mask_pred = postprocessing.upsample_masks(mask_logits, batch.shape[-2:])
         with torch.inference_mode():
-            return postprocessing.postprocess_image(class_logits[0], mask_pred[0], image_size, height, width, self.settings)
+            return postprocessing.postprocess_image(
+                class_logits[0], mask_pred[0], image.shape[:2], height, width, self.settings
+            )
