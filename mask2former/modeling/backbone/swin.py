@@ -431,7 +431,9 @@ class SwinTransformer(nn.Module):
 
     def forward(self, x):
         x = self.patch_embed(x)
-        Wh, Ww = x.shape[2:]
+        # Plain ints: the stages derive window padding and masks from them in Python, which a
+        # tracer (ONNX / TorchScript export) can only record as constants, consistently so.
+        Wh, Ww = int(x.shape[2]), int(x.shape[3])
         if self.ape:
             pos = F.interpolate(self.absolute_pos_embed, size=(Wh, Ww), mode="bicubic")
             x = x + pos
