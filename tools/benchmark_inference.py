@@ -132,7 +132,9 @@ def compare_onnx(args, cfg):
     padded = (-(-height // divisibility) * divisibility, -(-width // divisibility) * divisibility)
     with tempfile.TemporaryDirectory() as tmp:
         with torch.inference_mode(False):
-            path = export_model(model, "onnx", tmp, *padded)["path"]
+            # Timing, not parity: accept masked-attention threshold flips (see export_model); the
+            # difference is printed.
+            path = export_model(model, "onnx", tmp, *padded, relative_tolerance=1e-2)["path"]
         predictor = OnnxPredictor(cfg, path, threads=args.threads)
         hwc = image.permute(1, 2, 0).numpy()
 

@@ -37,6 +37,11 @@ def get_parser():
     parser.add_argument("--width", type=int, default=512, help="input width of the export (and test image)")
     parser.add_argument("--dynamic", action="store_true", help="dynamic input height/width (onnx, exported_program)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--tolerance", type=float, default=None,
+        help="largest accepted difference to PyTorch, relative to the largest output magnitude "
+        "(default 1e-4; see mask2former/export/exporter.py for when a looser one is right)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser
 
@@ -55,7 +60,10 @@ def main(argv=None):
             print(load_checkpoint(model, cfg.MODEL.WEIGHTS))
         else:
             print("MODEL.WEIGHTS not set: exporting randomly initialised weights")
-        result = export_model(model, args.format, args.output, args.height, args.width, dynamic=args.dynamic)
+        result = export_model(
+            model, args.format, args.output, args.height, args.width, dynamic=args.dynamic,
+            relative_tolerance=args.tolerance,
+        )
     except ExportError as e:
         raise SystemExit(f"export_model: cannot export {args.config_file} as {args.format}: {e}")
     print(f"wrote {result['path']}")

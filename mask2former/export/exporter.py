@@ -102,8 +102,9 @@ def check_exportable(model: nn.Module, fmt: str, dynamic: bool) -> None:
             )
 
 
-def tolerance_for(reference: torch.Tensor) -> float:
-    return RELATIVE_TOLERANCE * max(1.0, float(reference.abs().max()))
+def tolerance_for(reference: torch.Tensor, relative: Optional[float] = None) -> float:
+    relative = RELATIVE_TOLERANCE if relative is None else relative
+    return relative * max(1.0, float(reference.abs().max()))
 
 
 def max_abs_difference(a: torch.Tensor, b) -> float:
@@ -181,13 +182,20 @@ def export_model(
     dynamic: bool = False,
     check_sizes: Optional[List[Tuple[int, int]]] = None,
     log: Callable[[str], None] = print,
+    relative_tolerance: Optional[float] = None,
 ) -> Dict:
     """Exports ``model`` (eval mode) as ``fmt`` into ``output_dir``, then runs the exported file on
     a test image of every size in ``check_sizes`` (default: the export size; with ``dynamic`` also
     a second size) and compares it with PyTorch. Raises ExportError when the model cannot be
     exported or differs by more than the tolerance (the file is then not kept).
 
-    Returns {"path", "checks": [{"size", "class_logits", "mask_logits", "tolerance"}]}.
+    ``relative_tolerance`` overrides RELATIVE_TOLERANCE. Masked attention thresholds the
+    previous layer's mask logits at 0: a pixel whose logit lies within the float32 noise of 0
+    (a few 1e-6) can fall on the other side in the exported model and change that layer's
+    attention, moving outputs by ~1e-3 (seen with untrained Swin-T weights at 800x1216); such an
+    export is faithful, and a looser tolerance (--tolerance) accepts it.
+
+    Returns {"path", "checks": [{"size", "class_logits", "mask_logits", "*_tolerance"}]}.
     """
     check_exportable(model, fmt, dynamic)
     divisibility = max(int(getattr(model, "size_divisibility", 0) or 0), 1)
@@ -230,7 +238,7 @@ def export_model(
                         f"{h}x{w} input, PyTorch {tuple(ref.shape)}" + (" (sizes frozen in the trace)" if dynamic else "")
                     )
                 check[key] = max_abs_difference(ref, out)
-                check[key + "_tolerance"] = tolerance_for(ref)
+                check[key + "_tolerance"] = tolerance_for(ref, relative_tolerance)
             log(
                 f"{fmt} {h}x{w}: largest difference to PyTorch: class logits {check['class_logits']:.3g} "
                 f"(tolerance {check['class_logits_tolerance']:.3g}), mask logits {check['mask_logits']:.3g} "
