@@ -18,8 +18,8 @@ formulas, checked in tests/test_inference.py and tools/benchmark_postprocess.py)
 is computed once and shared by the three inference types; the identity resize to an unchanged
 output size is skipped; panoptic inference finds each pixel's query with a running maximum over the
 kept queries only (argmax along the query dimension is slow on CPU) and counts segment areas in one
-pass; instance inference computes mask statistics once per distinct query, reading the logits and
-probabilities it needs in place instead of gathering full-size copies.
+pass; instance inference computes mask statistics once per distinct query instead of gathering
+two full-size masks per (query, class) pair.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -233,27 +233,21 @@ def instance_inference(
         query_indices = query_indices[keep]
 
     # Mask statistics once per distinct query, not per (query, class) pair: a query often
-    # appears with several classes, and every pass over full-size masks is costly. Rows are read
-    # in place when every query is used, else copied with index_select (a row memcpy; advanced
-    # indexing is several times slower on CPU).
+    # appears with several classes, and every pass over full-size masks is costly.
     unique_queries, position = torch.unique(query_indices, return_inverse=True)
     if len(unique_queries) == len(query_indices):
         unique_queries, position = query_indices, None
+    in_mask = mask_pred[unique_queries] > 0
     if mask_prob is None:
-        mask_prob = mask_pred.sigmoid()
-    if torch.equal(unique_queries, torch.arange(len(mask_pred), device=unique_queries.device)):
-        unique_logits, unique_prob = mask_pred, mask_prob
+        unique_prob = mask_pred[unique_queries].sigmoid()
     else:
-        unique_logits, unique_prob = mask_pred.index_select(0, unique_queries), mask_prob.index_select(0, unique_queries)
-    in_mask = unique_logits > 0
+        unique_prob = mask_prob[unique_queries]
     binary = in_mask.to(unique_prob.dtype)
-    # The pixel count is an integer below 2**24, so counting the booleans gives exactly the float
-    # sum of the 0/1 mask.
-    area = in_mask.flatten(1).sum(1).to(unique_prob.dtype)
-    mask_scores = (unique_prob.flatten(1) * binary.flatten(1)).sum(1) / (area + 1e-6)
+    flat_binary = binary.flatten(1)
+    mask_scores = (unique_prob.flatten(1) * flat_binary).sum(1) / (flat_binary.sum(1) + 1e-6)
     boxes = masks_to_boxes(in_mask)
     if position is not None:
-        binary, mask_scores, boxes = binary.index_select(0, position), mask_scores[position], boxes[position]
+        binary, mask_scores, boxes = binary[position], mask_scores[position], boxes[position]
 
     result = Instances(image_size)
     result.pred_masks = binary
