@@ -60,6 +60,11 @@ def get_parser():
         "--confidence-threshold", type=float, default=0.5, help="minimum score of drawn instances"
     )
     parser.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="run this ONNX export of the config's model (tools/export_model.py) with onnxruntime instead of PyTorch",
+    )
+    parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs"
     )
     return parser
@@ -71,8 +76,13 @@ def setup_cfg(args):
 
 
 def build_demo(cfg, args):
-    """The object that runs the model and draws (one place to plug in other kinds of predictors)."""
-    return VisualizationDemo(cfg, score_threshold=args.confidence_threshold)
+    """The object that runs the model (PyTorch, or with --onnx an onnxruntime export) and draws."""
+    predictor = None
+    if args.onnx:
+        from mask2former.export import OnnxPredictor
+
+        predictor = OnnxPredictor(cfg, args.onnx)
+    return VisualizationDemo(cfg, score_threshold=args.confidence_threshold, predictor=predictor)
 
 
 def expand_inputs(patterns):

@@ -70,19 +70,22 @@ def tile_horizontally(images, gap=4):
 class VisualizationDemo:
     """Loads the model of `cfg` (weights from MODEL.WEIGHTS) and visualises its predictions."""
 
-    def __init__(self, cfg, score_threshold=0.5, instance_mode=ColorMode.IMAGE):
+    def __init__(self, cfg, score_threshold=0.5, instance_mode=ColorMode.IMAGE, predictor=None):
         dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(dataset)
         self.score_threshold = score_threshold
         self.instance_mode = instance_mode
-        # DefaultPredictor's own loader would accept a checkpoint that fits only in part; load
-        # with the checkpointer that refuses it instead.
-        random_init = cfg.clone()
-        random_init.defrost()
-        random_init.MODEL.WEIGHTS = ""
-        self.predictor = DefaultPredictor(random_init)
-        if cfg.MODEL.WEIGHTS:
-            Mask2FormerCheckpointer(self.predictor.model).load(cfg.MODEL.WEIGHTS)
+        # Any callable image_bgr -> results dict, e.g. mask2former.export.OnnxPredictor.
+        self.predictor = predictor
+        if predictor is None:
+            # DefaultPredictor's own loader would accept a checkpoint that fits only in part; load
+            # with the checkpointer that refuses it instead.
+            random_init = cfg.clone()
+            random_init.defrost()
+            random_init.MODEL.WEIGHTS = ""
+            self.predictor = DefaultPredictor(random_init)
+            if cfg.MODEL.WEIGHTS:
+                Mask2FormerCheckpointer(self.predictor.model).load(cfg.MODEL.WEIGHTS)
 
     @torch.no_grad()
     def run_on_image(self, image_bgr):

@@ -1,67 +1,23 @@
 """The MaskFormer / Mask2Former meta-architecture: normalise, pad, backbone + head, then either the
-training losses or the semantic / panoptic / instance post-processing.
-
-Post-processing matches the reference implementation output for output (same operations, same
-order, same tie-breaking), with two documented differences:
-
-* ``instances.pred_boxes`` are the tight boxes of the predicted masks (detectron2's
-  ``BitMasks.get_bounding_boxes`` convention: ``x2 = last column + 1``; empty mask -> zeros); the
-  reference implementation writes all-zero boxes.
-* ``TEST.DETECTIONS_PER_IMAGE`` larger than queries x classes keeps every (query, class) pair
-  instead of failing inside ``topk``.
-
-Faster than the reference implementation with bit-identical results (checked against the
-reference formulas in tests/test_inference.py): the mask sigmoid is shared by the three inference
-types; the identity resize to an unchanged output size is skipped; panoptic inference finds each
-pixel's query with a running maximum over the kept queries (argmax along the query dimension is
-slow on CPU) and counts segment areas in one pass instead of one pass per query; instance
-inference computes mask statistics once per distinct query instead of gathering two full-size
-masks per (query, class) pair.
+training losses or the semantic / panoptic / instance post-processing, which lives in
+:mod:`mask2former.modeling.postprocessing` (shared with test-time augmentation and the deployment
+runner of exported models).
 """
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from detectron2.modeling.backbone import Backbone
-from detectron2.structures import BitMasks, Boxes, ImageList, Instances
+from detectron2.structures import BitMasks, ImageList, Instances
 from torch import nn
 
+from .modeling import postprocessing
 from .modeling.criterion import SetCriterion
 from .modeling.matcher import HungarianMatcher
-
-
-def resize_to_output(x: torch.Tensor, image_size: Tuple[int, int], height: int, width: int) -> torch.Tensor:
-    """Crops the padding off ``x`` (C, H_pad, W_pad) and resizes it bilinearly to (height, width).
-
-    Same values as detectron2's ``sem_seg_postprocess``; when the cropped size already is the
-    output size the (exact identity) interpolation is skipped.
-    """
-    x = x[:, : image_size[0], : image_size[1]]
-    if (x.shape[-2], x.shape[-1]) == (height, width):
-        return x
-    return F.interpolate(x[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight XYXY boxes (K, 4) of binary masks (K, H, W); x2/y2 are exclusive; empty mask -> zeros."""
-    if masks.shape[0] == 0:
-        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
-    masks = masks.bool()
-    height, width = masks.shape[-2:]
-    cols = masks.any(dim=1).to(torch.uint8)  # (K, W)
-    rows = masks.any(dim=2).to(torch.uint8)  # (K, H)
-    # argmax returns the first maximal index: the first occupied column/row.
-    x1 = cols.argmax(dim=1)
-    y1 = rows.argmax(dim=1)
-    x2 = width - cols.flip(1).argmax(dim=1)
-    y2 = height - rows.flip(1).argmax(dim=1)
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)
-    boxes[~cols.bool().any(dim=1)] = 0
-    return boxes
+from .modeling.postprocessing import masks_to_boxes, resize_to_output  # noqa: F401 (re-exported)
 
 
 def metadata_dataset_name(cfg) -> str:
@@ -285,19 +241,20 @@ class MaskFormer(nn.Module):
         """
         if not self.training:
             images, mask_cls_results, mask_pred_results = self.predict_masks(batched_inputs)
-            processed_results = []
-            for mask_cls, mask_pred, input_per_image, image_size in zip(
-                mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes
-            ):
-                height = input_per_image.get("height", image_size[0])
-                width = input_per_image.get("width", image_size[1])
-                if self.sem_seg_postprocess_before_inference:
-                    mask_pred = resize_to_output(mask_pred, image_size, height, width)
-                    processed_results.append(self.postprocess(mask_cls.to(mask_pred), mask_pred))
-                else:
-                    sem_seg = self.semantic_inference(mask_cls, mask_pred)
-                    processed_results.append({"sem_seg": resize_to_output(sem_seg, image_size, height, width)})
-            return processed_results
+            settings = self.postprocess_settings()
+            return [
+                postprocessing.postprocess_image(
+                    mask_cls,
+                    mask_pred,
+                    image_size,
+                    input_per_image.get("height", image_size[0]),
+                    input_per_image.get("width", image_size[1]),
+                    settings,
+                )
+                for mask_cls, mask_pred, input_per_image, image_size in zip(
+                    mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes
+                )
+            ]
 
         images = self.preprocess_image(batched_inputs)
         outputs = self.sem_seg_head(self.backbone(images.tensor))
@@ -310,156 +267,65 @@ class MaskFormer(nn.Module):
         weight_dict = self.criterion.weight_dict
         return {k: v * weight_dict[k] for k, v in losses.items() if k in weight_dict}
 
+    def head_outputs(self, images: torch.Tensor) -> Dict:
+        """The head's outputs (``pred_logits``, ``pred_masks`` at the head's stride, ...) for a
+        normalised, padded batch (N, C, H_pad, W_pad); what exported networks compute."""
+        return self.sem_seg_head(self.backbone(images))
+
     def predict_masks(self, batched_inputs: List[Dict]):
         """Inference up to the head: (padded ImageList, class logits (N, Q, K+1), mask logits
         (N, Q, H_pad, W_pad) bilinearly upsampled to the padded input size)."""
         images = self.preprocess_image(batched_inputs)
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
-        mask_pred_results = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
+        outputs = self.head_outputs(images.tensor)
+        mask_pred_results = postprocessing.upsample_masks(outputs["pred_masks"], images.tensor.shape[-2:])
         return images, outputs["pred_logits"], mask_pred_results
+
+    def postprocess_settings(self) -> postprocessing.PostProcessSettings:
+        """The post-processing settings, read from the current attributes (tests and tools may
+        change thresholds on a built model)."""
+        return postprocessing.PostProcessSettings(
+            num_classes=self.sem_seg_head.num_classes,
+            semantic_on=self.semantic_on,
+            panoptic_on=self.panoptic_on,
+            instance_on=self.instance_on,
+            object_mask_threshold=self.object_mask_threshold,
+            overlap_threshold=self.overlap_threshold,
+            topk_per_image=self.test_topk_per_image,
+            sem_seg_postprocess_before_inference=self.sem_seg_postprocess_before_inference,
+            thing_ids=postprocessing.thing_ids_from_metadata(self.metadata),
+            dataset_name=getattr(self.metadata, "name", "?"),
+        )
 
     def postprocess(self, mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> Dict:
         """Enabled inference types for one image from class logits (Q, K+1) and mask logits
         (Q, H, W) already at the output size."""
-        mask_prob = mask_pred.sigmoid()
-        result = {}
-        if self.semantic_on:
-            result["sem_seg"] = self.semantic_inference(mask_cls, mask_pred, mask_prob)
-        if self.panoptic_on:
-            result["panoptic_seg"] = self.panoptic_inference(mask_cls, mask_pred, mask_prob)
-        if self.instance_on:
-            result["instances"] = self.instance_inference(mask_cls, mask_pred, mask_prob)
-        return result
+        return postprocessing.postprocess_at_output_size(mask_cls, mask_pred, self.postprocess_settings())
 
     # ------------------------------------------------------------------------------------------
-    # inference; ``mask_prob`` (= mask_pred.sigmoid()) may be passed to share it between them
+    # single inference types (used by test-time augmentation); ``mask_prob`` (= mask_pred.sigmoid())
+    # may be passed to share it between them
     def semantic_inference(self, mask_cls, mask_pred, mask_prob: Optional[torch.Tensor] = None):
-        """Per-class scores (K, H, W): sum over queries of p(class) * p(pixel in mask)."""
-        if mask_prob is None:
-            mask_prob = mask_pred.sigmoid()
-        class_prob = F.softmax(mask_cls, dim=-1)[..., :-1]
-        return torch.einsum("qc,qhw->chw", class_prob, mask_prob)
-
-    def _thing_ids(self) -> torch.Tensor:
-        ids = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None)
-        if ids is None:
-            raise KeyError(
-                f"MaskFormer: metadata of dataset '{getattr(self.metadata, 'name', '?')}' (DATASETS.TRAIN[0], "
-                "or DATASETS.TEST[0] when there is no training set) has no 'thing_dataset_id_to_contiguous_id', needed by panoptic/instance inference"
-            )
-        return torch.as_tensor(sorted(set(ids.values())), dtype=torch.int64)
+        return postprocessing.semantic_inference(mask_cls, mask_pred, mask_prob)
 
     def panoptic_inference(self, mask_cls, mask_pred, mask_prob: Optional[torch.Tensor] = None):
-        """Non-overlapping segments (segment-id map int32 (H, W), segments_info).
-
-        Queries whose best class is "no object" or whose probability is at most
-        ``object_mask_threshold`` are dropped; each pixel goes to the query maximising
-        p(class) * p(mask); a segment keeps the pixels it wins where its own mask probability is
-        >= 0.5, and is dropped if those are fewer than ``overlap_threshold`` of its full mask.
-        Segments of the same stuff class are merged into one id.
-        """
-        if mask_prob is None:
-            mask_prob = mask_pred.sigmoid()
-        scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
-        keep = labels.ne(self.sem_seg_head.num_classes) & (scores > self.object_mask_threshold)
-        kept_queries = keep.nonzero()[:, 0].tolist()
-        h, w = mask_prob.shape[-2:]
-        panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=mask_prob.device)
-        segments_info = []
-        if not kept_queries:
-            return panoptic_seg, segments_info
-
-        # Per pixel: the first kept query maximising score * mask probability (= argmax over the
-        # kept queries, which returns the first maximum), and that query's own mask probability.
-        # A running maximum over queries is much faster on CPU than argmax along dim 0.
-        cur_scores = scores[keep].tolist()
-        first = kept_queries[0]
-        best_value = cur_scores[0] * mask_prob[first]
-        owner = torch.zeros((h, w), dtype=torch.int64, device=mask_prob.device)
-        owner_prob = mask_prob[first].clone()
-        original_area = [int((mask_prob[first] >= 0.5).sum())]
-        for k, query in enumerate(kept_queries[1:], start=1):
-            value = cur_scores[k] * mask_prob[query]
-            better = value > best_value
-            best_value = torch.where(better, value, best_value)
-            owner.masked_fill_(better, k)
-            owner_prob = torch.where(better, mask_prob[query], owner_prob)
-            original_area.append(int((mask_prob[query] >= 0.5).sum()))
-        owner_in_mask = owner_prob >= 0.5
-        num_kept = len(kept_queries)
-        flat_owner = owner.flatten()
-        counts = torch.zeros(num_kept, dtype=torch.int64)
-        mask_area = counts.index_add(0, flat_owner, torch.ones_like(flat_owner)).tolist()
-        visible_area = counts.index_add(0, flat_owner, owner_in_mask.flatten().long()).tolist()
-
-        thing_ids = set(self._thing_ids().tolist())
-        segment_of_query = [0] * num_kept
-        stuff_segment = {}
-        current_segment_id = 0
-        for k, pred_class in enumerate(labels[keep].tolist()):
-            if not (mask_area[k] > 0 and original_area[k] > 0 and visible_area[k] > 0):
-                continue
-            if mask_area[k] / original_area[k] < self.overlap_threshold:
-                continue
-            isthing = pred_class in thing_ids
-            if not isthing and pred_class in stuff_segment:
-                segment_of_query[k] = stuff_segment[pred_class]
-                continue
-            current_segment_id += 1
-            if not isthing:
-                stuff_segment[pred_class] = current_segment_id
-            segment_of_query[k] = current_segment_id
-            segments_info.append(
-                {"id": current_segment_id, "isthing": bool(isthing), "category_id": int(pred_class)}
-            )
-
-        lookup = torch.as_tensor(segment_of_query, dtype=torch.int32, device=panoptic_seg.device)
-        panoptic_seg = torch.where(owner_in_mask, lookup[owner], panoptic_seg)
-        return panoptic_seg, segments_info
+        settings = self.postprocess_settings()
+        return postprocessing.panoptic_inference(
+            mask_cls,
+            mask_pred,
+            num_classes=settings.num_classes,
+            object_mask_threshold=settings.object_mask_threshold,
+            overlap_threshold=settings.overlap_threshold,
+            thing_ids=settings.require_thing_ids(),
+            mask_prob=mask_prob,
+        )
 
     def instance_inference(self, mask_cls, mask_pred, mask_prob: Optional[torch.Tensor] = None):
-        """Top-k (query, class) pairs as :class:`Instances` (things only when panoptic is on).
-
-        score = p(class) * mean mask probability inside the binary mask (logit > 0).
-        """
-        image_size = mask_pred.shape[-2:]
-        num_classes = self.sem_seg_head.num_classes
-        scores = F.softmax(mask_cls, dim=-1)[:, :-1]
-        num_queries = scores.shape[0]
-        labels = torch.arange(num_classes, device=scores.device).repeat(num_queries)
-        topk = min(self.test_topk_per_image, scores.numel())
-        scores_per_image, topk_indices = scores.flatten(0, 1).topk(topk, sorted=False)
-        labels_per_image = labels[topk_indices]
-        query_indices = topk_indices // num_classes
-
-        if self.panoptic_on:
-            keep = torch.isin(labels_per_image, self._thing_ids().to(labels_per_image.device))
-            scores_per_image = scores_per_image[keep]
-            labels_per_image = labels_per_image[keep]
-            query_indices = query_indices[keep]
-
-        # Mask statistics once per distinct query, not per (query, class) pair: a query often
-        # appears with several classes, and every pass over full-size masks is costly.
-        unique_queries, position = torch.unique(query_indices, return_inverse=True)
-        if len(unique_queries) == len(query_indices):
-            unique_queries, position = query_indices, None
-        in_mask = mask_pred[unique_queries] > 0
-        if mask_prob is None:
-            unique_prob = mask_pred[unique_queries].sigmoid()
-        else:
-            unique_prob = mask_prob[unique_queries]
-        binary = in_mask.to(unique_prob.dtype)
-        flat_binary = binary.flatten(1)
-        mask_scores = (unique_prob.flatten(1) * flat_binary).sum(1) / (flat_binary.sum(1) + 1e-6)
-        boxes = masks_to_boxes(in_mask)
-        if position is not None:
-            binary, mask_scores, boxes = binary[position], mask_scores[position], boxes[position]
-
-        result = Instances(image_size)
-        result.pred_masks = binary
-        result.pred_boxes = Boxes(boxes)
-        result.scores = scores_per_image * mask_scores
-        result.pred_classes = labels_per_image
-        return result
+        settings = self.postprocess_settings()
+        return postprocessing.instance_inference(
+            mask_cls,
+            mask_pred,
+            num_classes=settings.num_classes,
+            topk_per_image=settings.topk_per_image,
+            thing_ids=settings.require_thing_ids() if settings.panoptic_on else None,
+            mask_prob=mask_prob,
+        )

@@ -84,11 +84,8 @@ class SeMaskMaskFormer(MaskFormer):
             gt[i, : sem_seg.shape[0], : sem_seg.shape[1]] = sem_seg.to(self.device)
         return F.cross_entropy(semantic_logits, gt, ignore_index=self.ignore_value)
 
-    def predict_masks(self, batched_inputs: List[Dict]):
-        images = self.preprocess_image(batched_inputs)
-        features, _ = self.backbone(images.tensor)
+    def head_outputs(self, images: torch.Tensor) -> Dict:
+        # The backbone's and the head's semantic predictions only serve the training loss.
+        features, _ = self.backbone(images)
         outputs, _ = self.sem_seg_head(features)
-        mask_pred_results = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return images, outputs["pred_logits"], mask_pred_results
+        return outputs

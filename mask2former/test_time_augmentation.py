@@ -50,7 +50,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .maskformer_model import resize_to_output
+from .modeling.postprocessing import resize_to_output
 
 __all__ = ["SemanticSegmentorWithTTA", "align_queries", "tta_sizes"]
 

@@ -44,6 +44,13 @@ def get_parser():
     parser.add_argument("--weights", default="", help="checkpoint to load (default: random initialisation)")
     parser.add_argument("--code-root", default="", help="checkout whose mask2former to import (default: this one)")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--compare-onnx",
+        action="store_true",
+        help="instead: export the model to ONNX at --size and time onnxruntime beside PyTorch with the CPU "
+        "kernel and with the pure-PyTorch deformable attention, interleaved, same threads and input "
+        "(see compare_onnx)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser
 
@@ -60,6 +67,102 @@ def setup_cfg(args):
     return cfg
 
 
+class PeakRss:
+    """Highest RSS of this process while the block runs (sampled every 2 ms by a thread): the
+    memory one inference path needs beyond what is already resident, comparable between paths
+    run in the same process (ru_maxrss only ever grows)."""
+
+    def __enter__(self):
+        import threading
+
+        self.start = current_rss_mib()
+        self.peak = self.start
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.002):
+                self.peak = max(self.peak, current_rss_mib())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_mib())
+
+
+def compare_onnx(args, cfg):
+    """seconds/image and peak RSS of three paths, from the same uint8 image to the Detectron2
+    results (post-processing included, the same function for all): PyTorch with the compiled CPU
+    deformable-attention kernel, PyTorch with its pure-PyTorch path, and the ONNX export run by
+    onnxruntime (mask2former.export.OnnxPredictor) with --threads intra-op threads. Repetitions are
+    interleaved path by path, so that machine load affects all three alike."""
+    import tempfile
+
+    from mask2former.export import OnnxPredictor, export_model
+    from mask2former.modeling.pixel_decoder.ops import backend
+
+    model = build_model(cfg).eval()
+    if args.weights:
+        print(load_checkpoint(model, args.weights))
+    height, width = args.size
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)
+    inputs = [{"image": image, "height": height, "width": width}]
+    divisibility = max(model.size_divisibility, 1)
+    padded = (-(-height // divisibility) * divisibility, -(-width // divisibility) * divisibility)
+    with tempfile.TemporaryDirectory() as tmp:
+        with torch.inference_mode(False):
+            # Timing, not parity: accept masked-attention threshold flips (see export_model); the
+            # difference is printed.
+            path = export_model(model, "onnx", tmp, *padded, relative_tolerance=1e-2)["path"]
+        predictor = OnnxPredictor(cfg, path, threads=args.threads)
+        hwc = image.permute(1, 2, 0).numpy()
+
+        def run_pytorch(name):
+            with backend.use_backend(name), torch.inference_mode():
+                return model(inputs)[0]
+
+        paths = {
+            "pytorch (CPU kernel)": lambda: run_pytorch("cpu"),
+            "pytorch (pure-PyTorch)": lambda: run_pytorch("pytorch"),
+            "onnxruntime": lambda: predictor.predict_resized(hwc, height, width),
+        }
+        if not backend.has_cpu_kernel():
+            del paths["pytorch (CPU kernel)"]
+        times = {name: [] for name in paths}
+        peaks = {name: 0.0 for name in paths}
+        for i in range(args.warmup + args.iters):
+            for name, run in paths.items():
+                with PeakRss() as rss:
+                    start = time.perf_counter()
+                    result = run()
+                    elapsed = time.perf_counter() - start
+                peaks[name] = max(peaks[name], rss.peak - rss.start)
+                if i >= args.warmup:
+                    times[name].append(elapsed)
+                del result
+    print(
+        f"config {args.config_file} | {height}x{width} | threads {args.threads} | weights {args.weights or 'random'} | "
+        f"median of {args.iters} interleaved runs"
+    )
+    reference = statistics.median(times["pytorch (pure-PyTorch)"])
+    figures = {}
+    for name in paths:
+        seconds = statistics.median(times[name])
+        figures[name] = {"seconds_per_image": seconds, "peak_rss_increase_mib": peaks[name]}
+        print(
+            f"  {name:24s} {seconds:.3f} s/image ({reference / seconds:.2f}x the pure-PyTorch path), "
+            f"peak RSS +{peaks[name]:.0f} MiB during inference"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+    return figures
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
@@ -69,6 +172,10 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but no CUDA device is available")
     cfg = setup_cfg(args)
+    if args.compare_onnx:
+        if device.type != "cpu":
+            raise SystemExit("--compare-onnx runs on the CPU (onnxruntime's CPU provider): use --device cpu")
+        return compare_onnx(args, cfg)
 
     model = build_model(cfg).eval()
     if args.weights:

@@ -163,7 +163,8 @@ class D2SeMaskSwinTransformer(D2SwinTransformer):
         if x.dim() != 4:
             raise ValueError(f"D2SeMaskSwinTransformer takes (N, C, H, W) input, got shape {tuple(x.shape)}")
         x = self.patch_embed(x)
-        H, W = x.shape[2:]
+        # Plain ints, as in SwinTransformer.forward (consistent ONNX / TorchScript traces).
+        H, W = int(x.shape[2]), int(x.shape[3])
         if self.ape:
             x = x + F.interpolate(self.absolute_pos_embed, size=(H, W), mode="bicubic")
         x = self.pos_drop(x.flatten(2).transpose(1, 2))

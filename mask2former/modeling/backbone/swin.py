@@ -218,13 +218,15 @@ def shifted_window_mask(H, W, window_size, shift_size, device):
     """
     Hp = -(-H // window_size) * window_size
     Wp = -(-W // window_size) * window_size
-    region = torch.zeros((1, Hp, Wp, 1), device=device)
-    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
-    label = 0
-    for h in bounds:
-        for w in bounds:
-            region[:, h, w, :] = label
-            label += 1
+    # Along each axis, positions fall into three bands: [0, L - window), [L - window, L - shift)
+    # and [L - shift, L); a token's region is (row band, column band). Computed arithmetically
+    # rather than by slice assignment, whose empty slices (a map no larger than one window) the
+    # ONNX exporter cannot record.
+    def bands(length):
+        position = torch.arange(length, device=device)
+        return (position >= length - window_size).long() + (position >= length - shift_size).long()
+
+    region = (bands(Hp)[:, None] * 3 + bands(Wp)[None, :]).to(torch.float32)[None, :, :, None]
     region = window_partition(region, window_size).squeeze(-1)  # (num_windows, N)
     different = region.unsqueeze(1) != region.unsqueeze(2)
     return torch.zeros(different.shape, device=device).masked_fill_(different, _SHIFT_MASK_VALUE)
@@ -429,7 +431,9 @@ class SwinTransformer(nn.Module):
 
     def forward(self, x):
         x = self.patch_embed(x)
-        Wh, Ww = x.shape[2:]
+        # Plain ints: the stages derive window padding and masks from them in Python, which a
+        # tracer (ONNX / TorchScript export) can only record as constants, consistently so.
+        Wh, Ww = int(x.shape[2]), int(x.shape[3])
         if self.ape:
             pos = F.interpolate(self.absolute_pos_embed, size=(Wh, Ww), mode="bicubic")
             x = x + pos

@@ -16,6 +16,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from ..transformer_decoder.transformer import activation_fn, xavier_init_matrices
 from .fpn import build_fpn_level_convs, select_input_shapes
+from .ops.functions import level_sizes
 from .ops.modules import MSDeformAttn
 
 __all__ = ["MSDeformAttnTransformerEncoderOnly", "MSDeformAttnPixelDecoder"]
@@ -79,7 +80,7 @@ class MSDeformAttnTransformerEncoder(nn.Module):
         Returns (N, sum_l H_l*W_l, L, 2), (x, y) order.
         """
         per_level = []
-        for level, (height, width) in enumerate(spatial_shapes.tolist()):
+        for level, (height, width) in enumerate(level_sizes(spatial_shapes)):
             col_centres = torch.arange(width, dtype=torch.float32, device=device).add_(0.5)
             row_centres = torch.arange(height, dtype=torch.float32, device=device).add_(0.5)
             # Row-major token order: x cycles fastest.
@@ -149,8 +150,9 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         # Inputs are never padded here, so every level is fully valid.
         valid_ratios = src_flatten.new_ones((src_flatten.shape[0], len(srcs), 2))
 
+        # The layers get the sizes as a list (from the feature shapes, which exporters follow).
         memory = self.encoder(
-            src_flatten, spatial_shapes, level_start_index, valid_ratios, lvl_pos_embed_flatten
+            src_flatten, [tuple(src.shape[2:]) for src in srcs], level_start_index, valid_ratios, lvl_pos_embed_flatten
         )
         return memory, spatial_shapes, level_start_index
 
@@ -281,10 +283,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         y, spatial_shapes, level_start_index = self.transformer(srcs, pos)
         bs = y.shape[0]
 
-        level_sizes = spatial_shapes.prod(1).tolist()
+        sizes = [tuple(src.shape[2:]) for src in srcs]
         out = [
             z.transpose(1, 2).view(bs, -1, h, w)
-            for z, (h, w) in zip(torch.split(y, level_sizes, dim=1), spatial_shapes.tolist())
+            for z, (h, w) in zip(torch.split(y, [h * w for h, w in sizes], dim=1), sizes)
         ]
 
         # Extra FPN levels, from low to high resolution.

@@ -313,7 +313,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                     outputs_mask.flatten(1, -3), size=attn_mask_target_size, mode="bilinear", align_corners=False
                 )
                 attn_mask = resized.reshape(num, num_queries, -1).sigmoid() < 0.5  # (N, Q, ...*h*w)
-                attn_mask &= ~attn_mask.all(dim=-1, keepdim=True)
+                # Out of place: exporters (ONNX) have no in-place boolean "and"; same values.
+                attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
                 # One copy per head, batch-major, as nn.MultiheadAttention expects.
                 attn_mask = attn_mask.repeat_interleave(self.num_heads, dim=0)
         return outputs_class, outputs_mask, attn_mask

@@ -1,4 +1,6 @@
 from .ms_deform_attn_func import (
+    is_exporting,
+    level_sizes,
     MSDeformAttnFunction,
     ms_deform_attn,
     ms_deform_attn_core_pytorch,
@@ -6,6 +8,8 @@ from .ms_deform_attn_func import (
 )
 
 __all__ = [
+    "is_exporting",
+    "level_sizes",
     "MSDeformAttnFunction",
     "ms_deform_attn",
     "ms_deform_attn_core_pytorch",

@@ -21,6 +21,8 @@ from .. import backend
 
 __all__ = [
     "MSDeformAttnFunction",
+    "is_exporting",
+    "level_sizes",
     "ms_deform_attn",
     "ms_deform_attn_core_pytorch",
     "validate_ms_deform_attn_inputs",
@@ -133,10 +135,25 @@ def validate_ms_deform_attn_inputs(
         raise ValueError("ms_deform_attn: im2col_step must be a positive int, got {!r}".format(im2col_step))
 
 
-def _core_pytorch(value, value_spatial_shapes, sampling_locations, attention_weights):
+def is_exporting():
+    """True while a tracer or exporter (torch.jit.trace, ONNX export, torch.export / torch.compile)
+    records the model: only the grid_sample formulation can be recorded, and the input checks,
+    which read tensor values, cannot run."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def level_sizes(value_spatial_shapes):
+    """(H_l, W_l) per level from an (L, 2) tensor or a sequence of pairs. Callers that record the
+    model for export pass the sequence: its sizes come from feature shapes, which a tracer
+    follows, while reading a tensor's values would freeze them (or fail, under torch.export)."""
+    if isinstance(value_spatial_shapes, torch.Tensor):
+        return [(int(h), int(w)) for h, w in value_spatial_shapes.tolist()]
+    return [(h, w) for h, w in value_spatial_shapes]
+
+
+def _core_pytorch(value, sizes, sampling_locations, attention_weights):
     batch, _, heads, channels = value.shape
     _, num_queries, _, levels, points, _ = sampling_locations.shape
-    sizes = [(int(h), int(w)) for h, w in value_spatial_shapes.tolist()]
     value_per_level = value.split([h * w for h, w in sizes], dim=1)
     grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1] convention
     sampled_per_level = []
@@ -157,8 +174,15 @@ def _core_pytorch(value, value_spatial_shapes, sampling_locations, attention_wei
 
 def ms_deform_attn_core_pytorch(value, value_spatial_shapes, sampling_locations, attention_weights):
     """Pure-PyTorch multi-scale deformable attention (any device, any floating dtype, autograd)."""
+    value_spatial_shapes = _as_shape_tensor(value_spatial_shapes, value.device)
     validate_ms_deform_attn_inputs(value, value_spatial_shapes, None, sampling_locations, attention_weights)
-    return _core_pytorch(value, value_spatial_shapes, sampling_locations, attention_weights)
+    return _core_pytorch(value, level_sizes(value_spatial_shapes), sampling_locations, attention_weights)
+
+
+def _as_shape_tensor(value_spatial_shapes, device):
+    if isinstance(value_spatial_shapes, torch.Tensor):
+        return value_spatial_shapes
+    return torch.as_tensor([[int(h), int(w)] for h, w in value_spatial_shapes], dtype=torch.int64, device=device)
 
 
 class MSDeformAttnFunction(Function):
@@ -214,7 +238,14 @@ def ms_deform_attn(
     """Multi-scale deformable attention through the backend chosen for the inputs' device (see
     ``ops/backend.py``). Always computes in float32 or float64: under autocast the inputs are cast to
     float32 and the output stays float32; float16/bfloat16 inputs outside autocast are computed in
-    float32 and the output is cast back to value's dtype."""
+    float32 and the output is cast back to value's dtype.
+
+    ``value_spatial_shapes`` may also be a sequence of (H_l, W_l). While the model is recorded for
+    export (:func:`is_exporting`), the grid_sample formulation runs whatever the backend, unchecked.
+    """
+    if is_exporting():
+        return _core_pytorch(value, level_sizes(value_spatial_shapes), sampling_locations, attention_weights)
+    value_spatial_shapes = _as_shape_tensor(value_spatial_shapes, value.device)
     for name, t in (("value", value), ("sampling_locations", sampling_locations), ("attention_weights", attention_weights)):
         if not isinstance(t, torch.Tensor):
             raise TypeError("ms_deform_attn: {} must be a torch.Tensor, got {}".format(name, type(t).__name__))
@@ -239,7 +270,7 @@ def ms_deform_attn(
             validate_ms_deform_attn_inputs(
                 value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights
             )
-            output = _core_pytorch(value, value_spatial_shapes, sampling_locations, attention_weights)
+            output = _core_pytorch(value, level_sizes(value_spatial_shapes), sampling_locations, attention_weights)
         else:
             output = MSDeformAttnFunction.apply(
                 value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights, im2col_step

@@ -146,7 +146,8 @@ class MSDeformAttn(nn.Module):
                 corner and (1, 1) the bottom-right one, padding included; or (N, Len_q, n_levels, 4)
                 boxes (x, y, w, h), whose size scales the offsets.
             input_flatten: (N, sum_l H_l * W_l, C)
-            input_spatial_shapes: (n_levels, 2) int64, (H_l, W_l)
+            input_spatial_shapes: (n_levels, 2) int64, (H_l, W_l); or a sequence of (H_l, W_l) pairs
+                (what the pixel decoder passes, so that exporters can follow the sizes)
             input_level_start_index: (n_levels,) int64, where each level starts in input_flatten
             input_padding_mask: (N, sum_l H_l * W_l) bool, True at padding positions, or None
         Returns:
@@ -180,8 +181,16 @@ class MSDeformAttn(nn.Module):
         block = (self.n_levels, self.n_points, 2)
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: divide by (W, H) to normalise them.
-            offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
-            offset_normalizer = offset_normalizer.to(sampling_offsets)[:, None, :].expand(block).contiguous()
+            if isinstance(input_spatial_shapes, torch.Tensor):
+                offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
+                offset_normalizer = offset_normalizer.to(sampling_offsets)
+            else:
+                # Stacked from the sizes one by one (not torch.tensor of a list) so that a tracer
+                # records them as the feature shapes they come from, not as constants.
+                offset_normalizer = torch.stack(
+                    [torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in input_spatial_shapes]
+                ).to(sampling_offsets)
+            offset_normalizer = offset_normalizer[:, None, :].expand(block).contiguous()
             origins = reference_points[:, :, None, :, None, :].expand(batch, num_queries, 1, *block)
             sampling_locations = origins.contiguous() + sampling_offsets / offset_normalizer
         else:
