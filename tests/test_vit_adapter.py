@@ -248,7 +248,7 @@ def test_optimizer_layer_decay_learning_rates_and_weight_decay():
     cfg = load_config(TINY_CONFIG, ["MODEL.DEVICE", "cpu", "SOLVER.BASE_LR", "0.001"])
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
-    groups = {id(g["params"][0]): g for g in optimizer.param_groups}
+    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     params = dict(model.named_parameters())
 
     def hyper(name):
@@ -269,7 +269,7 @@ def test_optimizer_layer_decay_learning_rates_and_weight_decay():
     # Off (the default): the existing rules, unchanged.
     cfg.defrost()
     cfg.SOLVER.LAYER_DECAY.ENABLED = False
-    groups = {id(g["params"][0]): g for g in build_optimizer(cfg, model).param_groups}
+    groups = {id(p): g for g in build_optimizer(cfg, model).param_groups for p in g["params"]}
     assert groups[id(params["backbone.blocks.3.attn.relative_position_bias_table"])]["weight_decay"] == 0.0
 
 
