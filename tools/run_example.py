@@ -41,14 +41,8 @@ from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 from demo.predictor import draw_predictions, tile_horizontally  # noqa: E402
-from example_common import (  # noqa: E402
-    parse_args,
-    prepare_run,
-    print_metrics,
-    train_timed,
-    training_config,
-    write_loss_curve,
-)
+from example_common import parse_args, prepare_run, print_metrics  # noqa: E402
+from example_common import train_timed, training_config, write_loss_curve  # noqa: E402
 from mask2former.data.synthetic import ensure_generated, synthetic_root  # noqa: E402
 from train_net import Trainer, setup  # noqa: E402
 

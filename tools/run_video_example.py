@@ -38,14 +38,8 @@ from detectron2.data.detection_utils import read_image  # noqa: E402
 
 from demo.predictor import tile_horizontally  # noqa: E402
 from demo_video.predictor import VideoPredictor, draw_video_predictions  # noqa: E402
-from example_common import (  # noqa: E402
-    parse_args,
-    prepare_run,
-    print_metrics,
-    train_timed,
-    training_config,
-    write_loss_curve,
-)
+from example_common import parse_args, prepare_run, print_metrics  # noqa: E402
+from example_common import train_timed, training_config, write_loss_curve  # noqa: E402
 from train_net_video import Trainer, setup  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "youtubevis_synthetic", "video_maskformer2_R18_cpu.yaml")
