@@ -18,17 +18,8 @@ import statistics
 import sys
 import time
 
-from benchmark_stages import (
-    StageTimer,
-    current_rss_mib,
-    device_sync,
-    import_code_root,
-    parse_size,
-    peak_rss_mib,
-    report_memory_and_save,
-    time_model_stages,
-    torch_device,
-)
+from benchmark_stages import StageTimer, add_common_arguments, current_rss_mib, import_code_root, parse_size
+from benchmark_stages import device_sync, peak_rss_mib, report_memory_and_save, time_model_stages, torch_device
 
 CODE_ROOT = import_code_root(sys.argv) if __name__ == "__main__" else None
 
@@ -44,15 +35,10 @@ from mask2former.utils.checkpoint import load_checkpoint  # noqa: E402
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
     parser.add_argument("--size", type=parse_size, default=(512, 512), help="input size N or HxW (default 512)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     parser.add_argument("--iters", type=int, default=10, help="timed runs (the median is reported)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--weights", default="", help="checkpoint to load (default: random initialisation)")
-    parser.add_argument("--code-root", default="", help="checkout whose mask2former to import (default: this one)")
-    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     parser.add_argument(
         "--compare-onnx",
         action="store_true",
@@ -60,7 +46,7 @@ def get_parser():
         "kernel and with the pure-PyTorch deformable attention, interleaved, same threads and input "
         "(see compare_onnx)",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    add_common_arguments(parser)
     return parser
 
 

@@ -5,6 +5,7 @@ import, wall-clock timers around the model's stages, and memory figures.
 commit in a ``git worktree``), so that tools/benchmark_side_by_side.py can time two versions of the
 code with the same benchmark script, alternately, in one run.
 """
+import argparse
 import os
 import resource
 import sys
@@ -101,9 +102,18 @@ def current_rss_mib():
         return float("nan")
 
 
-def parse_size(text):
-    import argparse
+def add_common_arguments(parser):
+    """The flags both benchmarks take, besides their own: config, threads, device, code root, JSON
+    output and the config overrides (last, as they take the rest of the command line)."""
+    parser.add_argument("--config-file", required=True, help="model config (YAML)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--code-root", default="", help="checkout whose mask2former to import (default: this one)")
+    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
 
+
+def parse_size(text):
     parts = text.lower().split("x")
     if len(parts) == 1:
         return int(parts[0]), int(parts[0])

@@ -21,17 +21,8 @@ import statistics
 import sys
 import time
 
-from benchmark_stages import (
-    StageTimer,
-    current_rss_mib,
-    device_sync,
-    import_code_root,
-    parse_size,
-    peak_rss_mib,
-    report_memory_and_save,
-    time_model_stages,
-    torch_device,
-)
+from benchmark_stages import StageTimer, add_common_arguments, current_rss_mib, import_code_root, parse_size
+from benchmark_stages import device_sync, peak_rss_mib, report_memory_and_save, time_model_stages, torch_device
 
 CODE_ROOT = import_code_root(sys.argv) if __name__ == "__main__" else None
 
@@ -50,17 +41,12 @@ STAGES = (
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
     parser.add_argument("--size", type=parse_size, default=(512, 512), help="image size N or HxW (default 512)")
     parser.add_argument("--batch", type=int, default=2, help="images per iteration")
     parser.add_argument("--instances", type=int, default=6, help="random instance masks per image")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations (the median is reported)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--code-root", default="", help="checkout whose mask2former to import (default: this one)")
-    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    add_common_arguments(parser)
     return parser
 
 
