@@ -18,14 +18,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import mask2former  # noqa: E402,F401  isort: skip
 import mask2former_video  # noqa: E402  isort: skip
 
-import detectron2.utils.comm as comm  # noqa: E402
-from detectron2.engine import default_argument_parser  # noqa: E402
-from detectron2.evaluation import verify_results  # noqa: E402
-
 from mask2former.engine import Trainer as ImageTrainer  # noqa: E402
 from mask2former.engine import setup as image_setup  # noqa: E402
-from mask2former.utils.checkpoint import Mask2FormerCheckpointer  # noqa: E402
-from mask2former.utils.launch import launch  # noqa: E402
+from mask2former.engine.entry import launch_from_command_line, train_or_evaluate  # noqa: E402
 from mask2former_video import (  # noqa: E402
     CocoClipDatasetMapper,
     YTVISDatasetMapper,
@@ -69,34 +64,11 @@ def setup(args):
 
 
 def main(args):
-    cfg = setup(args)
-
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        Mask2FormerCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        res = Trainer.test(cfg, model)
-        if comm.is_main_process():
-            verify_results(cfg, res)
-        return res
-
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    return train_or_evaluate(args, Trainer, setup)
 
 
 def invoke_main():
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_command_line(main)
 
 
 if __name__ == "__main__":

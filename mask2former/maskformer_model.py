@@ -308,24 +308,7 @@ class MaskFormer(nn.Module):
         return postprocessing.semantic_inference(mask_cls, mask_pred, mask_prob)
 
     def panoptic_inference(self, mask_cls, mask_pred, mask_prob: Optional[torch.Tensor] = None):
-        settings = self.postprocess_settings()
-        return postprocessing.panoptic_inference(
-            mask_cls,
-            mask_pred,
-            num_classes=settings.num_classes,
-            object_mask_threshold=settings.object_mask_threshold,
-            overlap_threshold=settings.overlap_threshold,
-            thing_ids=settings.require_thing_ids(),
-            mask_prob=mask_prob,
-        )
+        return postprocessing.panoptic_inference_with(self.postprocess_settings(), mask_cls, mask_pred, mask_prob)
 
     def instance_inference(self, mask_cls, mask_pred, mask_prob: Optional[torch.Tensor] = None):
-        settings = self.postprocess_settings()
-        return postprocessing.instance_inference(
-            mask_cls,
-            mask_pred,
-            num_classes=settings.num_classes,
-            topk_per_image=settings.topk_per_image,
-            thing_ids=settings.require_thing_ids() if settings.panoptic_on else None,
-            mask_prob=mask_prob,
-        )
+        return postprocessing.instance_inference_with(self.postprocess_settings(), mask_cls, mask_pred, mask_prob)

@@ -14,12 +14,12 @@ pass --weights for a trained model's figures). Example, the reference figure of 
 """
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 
-from benchmark_stages import StageTimer, current_rss_mib, import_code_root, parse_size, peak_rss_mib
+from benchmark_stages import StageTimer, add_common_arguments, current_rss_mib, import_code_root, parse_size
+from benchmark_stages import device_sync, peak_rss_mib, report_memory_and_save, time_model_stages, torch_device
 
 CODE_ROOT = import_code_root(sys.argv) if __name__ == "__main__" else None
 
@@ -35,15 +35,10 @@ from mask2former.utils.checkpoint import load_checkpoint  # noqa: E402
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
     parser.add_argument("--size", type=parse_size, default=(512, 512), help="input size N or HxW (default 512)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     parser.add_argument("--iters", type=int, default=10, help="timed runs (the median is reported)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--weights", default="", help="checkpoint to load (default: random initialisation)")
-    parser.add_argument("--code-root", default="", help="checkout whose mask2former to import (default: this one)")
-    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     parser.add_argument(
         "--compare-onnx",
         action="store_true",
@@ -51,7 +46,7 @@ def get_parser():
         "kernel and with the pure-PyTorch deformable attention, interleaved, same threads and input "
         "(see compare_onnx)",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    add_common_arguments(parser)
     return parser
 
 
@@ -93,6 +88,18 @@ class PeakRss:
         self.peak = max(self.peak, current_rss_mib())
 
 
+def model_and_input(args, cfg):
+    """The model in eval mode (with --weights, else random) and a random uint8 image of --size
+    (seeded: the same in every run and code version), alone and as the model's input list."""
+    model = build_model(cfg).eval()
+    if args.weights:
+        print(load_checkpoint(model, args.weights))
+    height, width = args.size
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)
+    return model, image, [{"image": image, "height": height, "width": width}]
+
+
 def compare_onnx(args, cfg):
     """seconds/image and peak RSS of three paths, from the same uint8 image to the Detectron2
     results (post-processing included, the same function for all): PyTorch with the compiled CPU
@@ -104,13 +111,8 @@ def compare_onnx(args, cfg):
     from mask2former.export import OnnxPredictor, export_model
     from mask2former.modeling.pixel_decoder.ops import backend
 
-    model = build_model(cfg).eval()
-    if args.weights:
-        print(load_checkpoint(model, args.weights))
+    model, image, inputs = model_and_input(args, cfg)
     height, width = args.size
-    g = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)
-    inputs = [{"image": image, "height": height, "width": width}]
     divisibility = max(model.size_divisibility, 1)
     padded = (-(-height // divisibility) * divisibility, -(-width // divisibility) * divisibility)
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,28 +169,17 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         raise SystemExit("--iters must be >= 1 and --warmup >= 0")
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda requested but no CUDA device is available")
+    device = torch_device(args)
     cfg = setup_cfg(args)
     if args.compare_onnx:
         if device.type != "cpu":
             raise SystemExit("--compare-onnx runs on the CPU (onnxruntime's CPU provider): use --device cpu")
         return compare_onnx(args, cfg)
 
-    model = build_model(cfg).eval()
-    if args.weights:
-        print(load_checkpoint(model, args.weights))
+    model, _, inputs = model_and_input(args, cfg)
     height, width = args.size
-    g = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)
-    inputs = [{"image": image, "height": height, "width": width}]
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
+    sync = device_sync(device)
     head_done = {}
 
     def mark_head_done(module, inp, out):
@@ -197,9 +188,7 @@ def main(argv=None):
 
     model.sem_seg_head.register_forward_hook(mark_head_done)
     stage_timer = StageTimer(sync)
-    stage_timer.wrap(model.backbone, "forward", "backbone")
-    stage_timer.wrap(model.sem_seg_head.pixel_decoder, "forward_features", "pixel_decoder")
-    stage_timer.wrap(model.sem_seg_head.predictor, "forward", "transformer_decoder")
+    time_model_stages(stage_timer, model)
     model_stages = ("backbone", "pixel_decoder", "transformer_decoder")
 
     print(
@@ -257,8 +246,6 @@ def main(argv=None):
         "peak_rss_mib": peak_rss_mib(),
         "rss_before_inference_mib": rss_before,
     }
-    if device.type == "cuda":
-        figures["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     print(
         f"seconds/image (median of {args.iters}): {total:.3f}  "
         f"[backbone+head {head:.3f} ("
@@ -266,13 +253,7 @@ def main(argv=None):
         + f"), post-processing {post:.3f}]; "
         f"process CPU time {figures['cpu_seconds_per_image']:.3f} s/image"
     )
-    memory = f"peak RSS {figures['peak_rss_mib']:.0f} MiB (RSS before inference {rss_before:.0f} MiB)"
-    if "peak_cuda_allocated_mib" in figures:
-        memory += f", peak CUDA allocated {figures['peak_cuda_allocated_mib']:.0f} MiB"
-    print(memory)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=1)
+    report_memory_and_save(figures, device, rss_before, "inference", args.json)
     return figures
 
 

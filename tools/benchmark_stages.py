@@ -5,6 +5,7 @@ import, wall-clock timers around the model's stages, and memory figures.
 commit in a ``git worktree``), so that tools/benchmark_side_by_side.py can time two versions of the
 code with the same benchmark script, alternately, in one run.
 """
+import argparse
 import os
 import resource
 import sys
@@ -101,12 +102,71 @@ def current_rss_mib():
         return float("nan")
 
 
-def parse_size(text):
-    import argparse
+def add_common_arguments(parser):
+    """The flags both benchmarks take, besides their own: config, threads, device, code root, JSON
+    output and the config overrides (last, as they take the rest of the command line)."""
+    parser.add_argument("--config-file", required=True, help="model config (YAML)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--code-root", default="", help="checkout whose mask2former to import (default: this one)")
+    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
 
+
+def parse_size(text):
     parts = text.lower().split("x")
     if len(parts) == 1:
         return int(parts[0]), int(parts[0])
     if len(parts) == 2:
         return int(parts[0]), int(parts[1])
     raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {text!r}")
+
+
+# torch is imported inside the functions below: the benchmarks set OMP_WAIT_POLICY and choose the
+# code root before torch and mask2former load.
+def torch_device(args):
+    """Apply --threads and check --device; returns the torch.device."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but no CUDA device is available")
+    return device
+
+
+def device_sync(device):
+    """A function that waits for the device's queued work (nothing to wait for on the CPU), so
+    that wall-clock timers measure the work itself."""
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return sync
+
+
+def time_model_stages(timer, model):
+    """Time the three parts of a Mask2Former forward under their stage names."""
+    timer.wrap(model.backbone, "forward", "backbone")
+    timer.wrap(model.sem_seg_head.pixel_decoder, "forward_features", "pixel_decoder")
+    timer.wrap(model.sem_seg_head.predictor, "forward", "transformer_decoder")
+
+
+def report_memory_and_save(figures, device, rss_before, phase, json_path):
+    """Add the peak CUDA memory (on CUDA) to `figures`, print the memory line ("RSS before
+    `phase`") and write `figures` to `json_path` when one is given."""
+    import json
+
+    import torch
+
+    if device.type == "cuda":
+        figures["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    memory = f"peak RSS {figures['peak_rss_mib']:.0f} MiB (RSS before {phase} {rss_before:.0f} MiB)"
+    if "peak_cuda_allocated_mib" in figures:
+        memory += f", peak CUDA allocated {figures['peak_cuda_allocated_mib']:.0f} MiB"
+    print(memory)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(figures, f, indent=1)

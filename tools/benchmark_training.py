@@ -16,13 +16,13 @@ README.md: COCO panoptic R50, 2 images of 512x512 with 6 instances each, 2 threa
 To compare two versions of the code, run it through tools/benchmark_side_by_side.py.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
-from benchmark_stages import StageTimer, current_rss_mib, import_code_root, parse_size, peak_rss_mib
+from benchmark_stages import StageTimer, add_common_arguments, current_rss_mib, import_code_root, parse_size
+from benchmark_stages import device_sync, peak_rss_mib, report_memory_and_save, time_model_stages, torch_device
 
 CODE_ROOT = import_code_root(sys.argv) if __name__ == "__main__" else None
 
@@ -41,17 +41,12 @@ STAGES = (
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
     parser.add_argument("--size", type=parse_size, default=(512, 512), help="image size N or HxW (default 512)")
     parser.add_argument("--batch", type=int, default=2, help="images per iteration")
     parser.add_argument("--instances", type=int, default=6, help="random instance masks per image")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations (the median is reported)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--code-root", default="", help="checkout whose mask2former to import (default: this one)")
-    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    add_common_arguments(parser)
     return parser
 
 
@@ -89,10 +84,7 @@ def main(argv=None):
     import torch
     from mask2former.engine import Trainer, build_optimizer, load_config, use_cpu_without_cuda
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda requested but no CUDA device is available")
+    device = torch_device(args)
     cfg = load_config(args.config_file, args.opts)
     use_cpu_without_cuda(cfg)
     cfg.MODEL.DEVICE = args.device
@@ -105,14 +97,9 @@ def main(argv=None):
     amp = cfg.SOLVER.AMP.ENABLED and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
+    sync = device_sync(device)
     timer = StageTimer(sync)
-    timer.wrap(model.backbone, "forward", "backbone")
-    timer.wrap(model.sem_seg_head.pixel_decoder, "forward_features", "pixel_decoder")
-    timer.wrap(model.sem_seg_head.predictor, "forward", "transformer_decoder")
+    time_model_stages(timer, model)
     timer.wrap(model.criterion, "forward", "losses")
     timer.wrap(model.criterion.matcher, "forward", "matcher")
 
@@ -181,20 +168,12 @@ def main(argv=None):
         "peak_rss_mib": peak_rss_mib(),
         "rss_before_training_mib": rss_before,
     }
-    if device.type == "cuda":
-        figures["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     split = ", ".join(f"{name} {figures['stages'][name]:.3f}" for name in STAGES)
     print(
         f"seconds/iteration (median of {args.iters}): {figures['seconds_per_iter']:.3f}  [{split}]; "
         f"process CPU time {figures['cpu_seconds_per_iter']:.3f} s/iteration"
     )
-    memory = f"peak RSS {figures['peak_rss_mib']:.0f} MiB (RSS before training {rss_before:.0f} MiB)"
-    if "peak_cuda_allocated_mib" in figures:
-        memory += f", peak CUDA allocated {figures['peak_cuda_allocated_mib']:.0f} MiB"
-    print(memory)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=1)
+    report_memory_and_save(figures, device, rss_before, "training", args.json)
     return figures
 
 

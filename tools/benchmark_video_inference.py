@@ -15,17 +15,18 @@ With --postprocess-only only the step that differs runs (on random decoder outpu
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mask2former_video  # noqa: E402,F401  (imports mask2former first: compatibility layer)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from benchmark_stages import parse_size, peak_rss_mib  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from mask2former.engine import load_config  # noqa: E402
@@ -49,11 +50,6 @@ def upsample_everything_inference(pred_logits, pred_masks, image_size, padded_si
     return top_scores, labels[top_indices], masks > 0
 
 
-def parse_size(text):
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
-
-
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
@@ -70,10 +66,6 @@ def get_parser():
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def run_one(args):
@@ -103,20 +95,12 @@ def run_one(args):
     h, w = args.input_size
     frames = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for _ in range(args.frames)]
     video = {"image": frames, "height": args.output_size[0], "width": args.output_size[1]}
-    before = peak_rss_mib()
-    start = time.perf_counter()
-    with torch.no_grad():
-        out = model([video])
-    seconds = time.perf_counter() - start
-    peak = peak_rss_mib()
-    print(json.dumps({
-        "mode": args.mode,
-        "peak_rss_mib": round(peak, 1),
-        "inference_growth_mib": round(peak - before, 1),
-        "seconds": round(seconds, 1),
-        "instances": len(out["pred_masks"]),
-        "mask_shape": list(out["pred_masks"][0].shape),
-    }))
+
+    @torch.no_grad()
+    def run():
+        return model([video])["pred_masks"]
+
+    measure_and_print(args, run)
 
 
 def run_postprocess(args, cfg, model):
@@ -128,12 +112,21 @@ def run_postprocess(args, cfg, model):
     pred_logits = torch.randn(num_queries, num_classes + 1, generator=generator)
     pred_masks = torch.randn(num_queries, args.frames, padded[0] // 4, padded[1] // 4, generator=generator)
     size_args = ((h, w), padded, *args.output_size)
+
+    def run():
+        if args.mode == "ours":
+            return model.inference_video(pred_logits, pred_masks, *size_args)["pred_masks"]
+        return upsample_everything_inference(pred_logits, pred_masks, *size_args)[2]
+
+    measure_and_print(args, run)
+
+
+def measure_and_print(args, run):
+    """Run `run` (returning the predicted masks) once and print, as one JSON line, its time, the
+    peak RSS and how much the peak grew during the run."""
     before = peak_rss_mib()
     start = time.perf_counter()
-    if args.mode == "ours":
-        out = model.inference_video(pred_logits, pred_masks, *size_args)["pred_masks"]
-    else:
-        out = upsample_everything_inference(pred_logits, pred_masks, *size_args)[2]
+    masks = run()
     seconds = time.perf_counter() - start
     peak = peak_rss_mib()
     print(json.dumps({
@@ -141,8 +134,8 @@ def run_postprocess(args, cfg, model):
         "peak_rss_mib": round(peak, 1),
         "inference_growth_mib": round(peak - before, 1),
         "seconds": round(seconds, 1),
-        "instances": len(out),
-        "mask_shape": list(out[0].shape),
+        "instances": len(masks),
+        "mask_shape": list(masks[0].shape),
     }))
 
 

@@ -18,7 +18,6 @@ Steps (each logged with its progress):
 The goal of the example is PQ >= 50 on the validation split after at most 15 minutes of training
 on a 2-core CPU; the summary says whether it was reached.
 """
-import argparse
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 # First: train_net sets OMP_WAIT_POLICY (see there) and applies the Detectron2 compatibility layer
 # before torch and detectron2 load.
 import train_net  # noqa: E402,F401  isort: skip
@@ -38,11 +38,11 @@ import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.engine import default_argument_parser  # noqa: E402
-from detectron2.engine.hooks import CallbackHook  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 from demo.predictor import draw_predictions, tile_horizontally  # noqa: E402
+from example_common import parse_args, prepare_run, print_metrics  # noqa: E402
+from example_common import train_timed, training_config, write_loss_curve  # noqa: E402
 from mask2former.data.synthetic import ensure_generated, synthetic_root  # noqa: E402
 from train_net import Trainer, setup  # noqa: E402
 
@@ -57,18 +57,6 @@ TRAINING_MINUTES_GOAL = 15.0
 logger = logging.getLogger("mask2former.run_example")
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="training config")
-    parser.add_argument("--output-dir", default="output/example", help="where everything is written")
-    parser.add_argument("--num-threads", type=int, default=2, help="CPU threads for PyTorch")
-    parser.add_argument("--num-vis", type=int, default=8, help="validation images to visualise")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
-
-
 def generate_dataset():
     root = synthetic_root()
     start = time.perf_counter()
@@ -78,10 +66,7 @@ def generate_dataset():
 
 
 def train(args):
-    train_args = default_argument_parser().parse_args(
-        ["--config-file", args.config_file, "OUTPUT_DIR", args.output_dir, *args.opts]
-    )
-    cfg = setup(train_args)
+    cfg = training_config(args, setup)
     logger.info(
         "Step 2/4: training %s for %d iterations (batch %d) on %d CPU thread(s) ...",
         os.path.relpath(args.config_file, REPO_ROOT),
@@ -89,22 +74,8 @@ def train(args):
         cfg.SOLVER.IMS_PER_BATCH,
         torch.get_num_threads(),
     )
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    # The final evaluation runs inside train() (Detectron2's EvalHook, after the last iteration):
-    # note when the last iteration ends to tell training time from evaluation time.
-    last_step_end = {}
-
-    def note_last_step(trainer_):
-        if trainer_.iter == trainer_.max_iter - 1:
-            last_step_end["time"] = time.perf_counter()
-
-    trainer.register_hooks([CallbackHook(after_step=note_last_step)])
-    start = time.perf_counter()
-    results = trainer.train()
-    end = time.perf_counter()
-    train_end = last_step_end.get("time", end)
-    return cfg, trainer.model, results or {}, train_end - start, end - train_end
+    model, results, train_seconds, eval_seconds = train_timed(Trainer, cfg)
+    return cfg, model, results, train_seconds, eval_seconds
 
 
 def summarize(results):
@@ -165,50 +136,11 @@ def _ground_truth_record(record):
     return {}
 
 
-def write_loss_curve(output_dir):
-    """Plot the losses and learning rate Detectron2's JSONWriter logged in metrics.json."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = []
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "total_loss" in row:
-                rows.append(row)
-    if not rows:
-        raise RuntimeError(f"No losses in {output_dir}/metrics.json: did training run?")
-    iterations = [row["iteration"] for row in rows]
-    fig, (ax_total, ax_terms) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ax_total.plot(iterations, [row["total_loss"] for row in rows], label="total loss (all layers)")
-    ax_total.set_yscale("log")
-    ax_total.set_xlabel("iteration")
-    ax_total.set_title("Training loss")
-    ax_lr = ax_total.twinx()
-    ax_lr.plot(iterations, [row.get("lr", float("nan")) for row in rows], color="gray", linestyle="--")
-    ax_lr.set_ylabel("learning rate (dashed)")
-    ax_total.legend(loc="upper right")
-    for term in ("loss_ce", "loss_mask", "loss_dice"):
-        if term in rows[0]:
-            ax_terms.plot(iterations, [row[term] for row in rows], label=f"{term} (final layer)")
-    ax_terms.set_yscale("log")
-    ax_terms.set_xlabel("iteration")
-    ax_terms.set_title("Loss terms of the last decoder layer")
-    ax_terms.legend(loc="upper right")
-    fig.tight_layout()
-    path = os.path.join(output_dir, "loss_curve.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(args.num_threads)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
-    os.makedirs(args.output_dir, exist_ok=True)
+    args = parse_args(
+        argv, __doc__.split("\n\n")[0], DEFAULT_CONFIG, "output/example", 8, "validation images to visualise"
+    )
+    prepare_run(args)
 
     generate_dataset()
     cfg, model, results, train_seconds, eval_seconds = train(args)
@@ -232,12 +164,10 @@ def main(argv=None):
         json.dump(report, f, indent=1, default=float)
 
     pq = summary.get("PQ")
-    print("\n================ Mask2Former synthetic example ================")
-    print(f"training: {cfg.SOLVER.MAX_ITER} iterations in {train_seconds / 60:.1f} min "
-          f"({args.num_threads} CPU threads); evaluation: {eval_seconds / 60:.1f} min")
-    for name, value in summary.items():
-        if value is not None:
-            print(f"  {name:>6}: {value:6.2f}")
+    print_metrics(
+        "================ Mask2Former synthetic example ================",
+        cfg, args, train_seconds, eval_seconds, summary, name_width=6,
+    )
     if pq is not None:
         reached = pq >= PQ_GOAL and train_seconds <= TRAINING_MINUTES_GOAL * 60
         print(

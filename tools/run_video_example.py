@@ -17,7 +17,6 @@ Steps:
 
 The goal of the example: AP >= 30 on the validation videos; the summary says whether it was reached.
 """
-import argparse
 import json
 import logging
 import os
@@ -36,12 +35,11 @@ from PIL import Image  # noqa: E402
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.engine import default_argument_parser  # noqa: E402
-from detectron2.engine.hooks import CallbackHook  # noqa: E402
 
 from demo.predictor import tile_horizontally  # noqa: E402
 from demo_video.predictor import VideoPredictor, draw_video_predictions  # noqa: E402
-from run_example import write_loss_curve  # noqa: E402
+from example_common import parse_args, prepare_run, print_metrics  # noqa: E402
+from example_common import train_timed, training_config, write_loss_curve  # noqa: E402
 from train_net_video import Trainer, setup  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "youtubevis_synthetic", "video_maskformer2_R18_cpu.yaml")
@@ -51,21 +49,8 @@ VIS_SCALE = 2  # the frames are 96x128: draw them larger
 logger = logging.getLogger("mask2former.run_video_example")
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="training config")
-    parser.add_argument("--output-dir", default="output/video_example", help="where everything is written")
-    parser.add_argument("--num-threads", type=int, default=2, help="CPU threads for PyTorch")
-    parser.add_argument("--num-vis", type=int, default=4, help="validation videos in the animation")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
-
-
 def train(args):
-    train_args = default_argument_parser().parse_args(
-        ["--config-file", args.config_file, "OUTPUT_DIR", args.output_dir, *args.opts]
-    )
-    cfg = setup(train_args)
+    cfg = training_config(args, setup)
     start = time.perf_counter()
     logger.info("Step 1/4: loading the videos (the synthetic ones are generated on first use) ...")
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
@@ -79,22 +64,8 @@ def train(args):
         cfg.INPUT.SAMPLING_FRAME_NUM,
         torch.get_num_threads(),
     )
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    # The final evaluation runs inside train() (EvalHook after the last iteration): note when the
-    # last iteration ends to tell training time from evaluation time.
-    last_step_end = {}
-
-    def note_last_step(trainer_):
-        if trainer_.iter == trainer_.max_iter - 1:
-            last_step_end["time"] = time.perf_counter()
-
-    trainer.register_hooks([CallbackHook(after_step=note_last_step)])
-    start = time.perf_counter()
-    results = trainer.train() or {}
-    end = time.perf_counter()
-    train_end = last_step_end.get("time", end)
-    return cfg, trainer.model, results.get("segm", {}), train_end - start, end - train_end
+    model, results, train_seconds, eval_seconds = train_timed(Trainer, cfg)
+    return cfg, model, results.get("segm", {}), train_seconds, eval_seconds
 
 
 def _ground_truth(record):
@@ -145,10 +116,10 @@ def write_animation(cfg, model, output_dir, num_videos):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(args.num_threads)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
-    os.makedirs(args.output_dir, exist_ok=True)
+    args = parse_args(
+        argv, __doc__.split("\n\n")[0], DEFAULT_CONFIG, "output/video_example", 4, "validation videos in the animation"
+    )
+    prepare_run(args)
 
     cfg, model, metrics, train_seconds, eval_seconds = train(args)
     logger.info("Step 3/4: evaluation on %s done (%.0f s).", cfg.DATASETS.TEST[0], eval_seconds)
@@ -171,12 +142,10 @@ def main(argv=None):
     with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, default=float)
 
-    print("\n============= Mask2Former synthetic video example =============")
-    print(f"training: {cfg.SOLVER.MAX_ITER} iterations in {train_seconds / 60:.1f} min "
-          f"({args.num_threads} CPU threads); evaluation: {eval_seconds / 60:.1f} min")
-    for name, value in headline.items():
-        if value is not None:
-            print(f"  {name:>5}: {value:6.2f}")
+    print_metrics(
+        "============= Mask2Former synthetic video example =============",
+        cfg, args, train_seconds, eval_seconds, headline, name_width=5,
+    )
     ap = headline.get("AP")
     if ap is not None:
         print(f"goal AP >= {AP_GOAL:.0f}: " + ("REACHED" if ap >= AP_GOAL else "NOT reached"))

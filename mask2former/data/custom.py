@@ -224,15 +224,23 @@ def load_sem_seg_folder(image_root, sem_seg_root, report=None):
     return records
 
 
-def _read_json(json_file, report):
+def read_annotation_json(json_file, report):
+    """The parsed content of an annotation file, or None after adding to `report` why it could not
+    be read (missing, or not JSON)."""
     if not os.path.isfile(json_file):
         report.add(json_file, "annotation file does not exist")
         return None
     try:
         with open(json_file) as f:
-            content = json.load(f)
+            return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         report.add(json_file, f"annotation file is not valid JSON ({e})")
+        return None
+
+
+def _read_json(json_file, report):
+    content = read_annotation_json(json_file, report)
+    if content is None:
         return None
     missing = [key for key in ("images", "annotations", "categories") if key not in content]
     if missing:

@@ -381,19 +381,43 @@ def generate(root, seed=DEFAULT_SEED, splits=None, height=DEFAULT_HEIGHT, width=
             dataset there is kept (another process made it first) and FileExistsError is raised.
     """
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
-    root = os.path.abspath(root)
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
     start = time.perf_counter()
-    staging = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
-    try:
+
+    def write_splits(staging):
         first_image_id = 1
         for split, num_images in splits.items():
             _write_split(staging, split, num_images, seed, height, width, first_image_id)
             first_image_id += num_images
+
+    root = write_dataset_atomically(
+        root, ".synthetic-", write_splits, _MARKER, _marker_contents(seed, splits, height, width), overwrite
+    )
+    logger.info(
+        "Generated the synthetic dataset (%s) in %s in %.1f s",
+        ", ".join(f"{k}: {v} images" for k, v in splits.items()),
+        root,
+        time.perf_counter() - start,
+    )
+    return root
+
+
+def write_dataset_atomically(root, staging_prefix, write_contents, marker_name, marker_contents, overwrite):
+    """
+    Call ``write_contents(folder)`` on a temporary folder next to `root`, write the marker file
+    (``marker_name``, holding ``marker_contents``) last and move the folder to `root`, so an
+    interrupted run, or several processes generating at once, never leave a half-written dataset.
+    With ``overwrite=False`` an existing `root` is kept and FileExistsError raised. Returns the
+    absolute `root`.
+    """
+    root = os.path.abspath(root)
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=staging_prefix, dir=parent)
+    try:
+        write_contents(staging)
         # The marker is written last: its presence means the dataset is complete.
-        with open(os.path.join(staging, _MARKER), "w") as f:
-            json.dump(_marker_contents(seed, splits, height, width), f, indent=1)
+        with open(os.path.join(staging, marker_name), "w") as f:
+            json.dump(marker_contents, f, indent=1)
         if os.path.exists(root):
             if not overwrite:
                 raise FileExistsError(f"{root} already exists")
@@ -403,12 +427,6 @@ def generate(root, seed=DEFAULT_SEED, splits=None, height=DEFAULT_HEIGHT, width=
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info(
-        "Generated the synthetic dataset (%s) in %s in %.1f s",
-        ", ".join(f"{k}: {v} images" for k, v in splits.items()),
-        root,
-        time.perf_counter() - start,
-    )
     return root
 
 
@@ -419,24 +437,37 @@ def ensure_generated(root, splits=("train", "val")):
     A copy already there is used as it is, whatever seed or size it was made with (so a dataset
     made with the command line is not overwritten); otherwise the default dataset is generated.
     """
-    marker = os.path.join(root, _MARKER)
+    return ensure_dataset(
+        root, _MARKER, FORMAT_VERSION, splits, lambda: generate(root, overwrite=False),
+        "synthetic dataset", "python -m mask2former.data.synthetic",
+    )
+
+
+def ensure_dataset(root, marker_name, format_version, splits, generate_default, description, command):
+    """
+    The generated dataset in `root` if its marker (``marker_name``) says it is complete, of
+    ``format_version`` and has all ``splits``; otherwise ``generate_default()`` makes it. An
+    outdated copy is replaced; a folder with other contents is an error naming ``command``, the
+    command line that regenerates it.
+    """
+    marker = os.path.join(root, marker_name)
     if os.path.isfile(marker):
         with open(marker) as f:
             made = json.load(f)
-        if made.get("version") == FORMAT_VERSION and all(s in made.get("splits", {}) for s in splits):
+        if made.get("version") == format_version and all(s in made.get("splits", {}) for s in splits):
             return root
-        logger.info("The synthetic dataset in %s is outdated or lacks a split; regenerating it.", root)
+        logger.info("The %s in %s is outdated or lacks a split; regenerating it.", description, root)
         shutil.rmtree(root)
     elif os.path.isdir(root) and os.listdir(root):
         raise FileExistsError(
-            f"{root} exists but is not a complete synthetic dataset (no {_MARKER}). Delete it, or "
-            f"regenerate it with: python -m mask2former.data.synthetic --root {root}"
+            f"{root} exists but is not a complete {description} (no {marker_name}). Delete it, or "
+            f"regenerate it with: {command} --root {root}"
         )
     elif os.path.isdir(root):
         os.rmdir(root)
-    logger.info("Generating the synthetic dataset in %s (first use; takes a few seconds).", root)
+    logger.info("Generating the %s in %s (first use; takes a few seconds).", description, root)
     try:
-        return generate(root, overwrite=False)
+        return generate_default()
     except OSError:
         # Another process (e.g. another rank of a multi-process run) moved its copy in first.
         if os.path.isfile(marker):

@@ -31,8 +31,10 @@ from detectron2.structures import Boxes, Instances
 __all__ = [
     "PostProcessSettings",
     "instance_inference",
+    "instance_inference_with",
     "masks_to_boxes",
     "panoptic_inference",
+    "panoptic_inference_with",
     "postprocess_at_output_size",
     "postprocess_image",
     "resize_to_output",
@@ -284,22 +286,32 @@ def postprocess_at_output_size(mask_cls: torch.Tensor, mask_pred: torch.Tensor, 
     if settings.semantic_on:
         result["sem_seg"] = semantic_inference(mask_cls, mask_pred, mask_prob)
     if settings.panoptic_on:
-        result["panoptic_seg"] = panoptic_inference(
-            mask_cls,
-            mask_pred,
-            num_classes=settings.num_classes,
-            object_mask_threshold=settings.object_mask_threshold,
-            overlap_threshold=settings.overlap_threshold,
-            thing_ids=settings.require_thing_ids(),
-            mask_prob=mask_prob,
-        )
+        result["panoptic_seg"] = panoptic_inference_with(settings, mask_cls, mask_pred, mask_prob)
     if settings.instance_on:
-        result["instances"] = instance_inference(
-            mask_cls,
-            mask_pred,
-            num_classes=settings.num_classes,
-            topk_per_image=settings.topk_per_image,
-            thing_ids=settings.require_thing_ids() if settings.panoptic_on else None,
-            mask_prob=mask_prob,
-        )
+        result["instances"] = instance_inference_with(settings, mask_cls, mask_pred, mask_prob)
     return result
+
+
+def panoptic_inference_with(settings: PostProcessSettings, mask_cls, mask_pred, mask_prob=None):
+    """panoptic_inference with the thresholds and thing classes of `settings`."""
+    return panoptic_inference(
+        mask_cls,
+        mask_pred,
+        num_classes=settings.num_classes,
+        object_mask_threshold=settings.object_mask_threshold,
+        overlap_threshold=settings.overlap_threshold,
+        thing_ids=settings.require_thing_ids(),
+        mask_prob=mask_prob,
+    )
+
+
+def instance_inference_with(settings: PostProcessSettings, mask_cls, mask_pred, mask_prob=None):
+    """instance_inference with the top-k and (when panoptic is on) thing classes of `settings`."""
+    return instance_inference(
+        mask_cls,
+        mask_pred,
+        num_classes=settings.num_classes,
+        topk_per_image=settings.topk_per_image,
+        thing_ids=settings.require_thing_ids() if settings.panoptic_on else None,
+        mask_prob=mask_prob,
+    )

@@ -32,16 +32,21 @@ def mask_former_augmentations(cfg, crop):
     return augmentations
 
 
+def _random_flip(cfg):
+    """INPUT.RANDOM_FLIP as a list of at most one augmentation ("none": no flip)."""
+    if cfg.INPUT.RANDOM_FLIP == "none":
+        return []
+    return [
+        T.RandomFlip(
+            horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+            vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+        )
+    ]
+
+
 def large_scale_jitter_augmentations(cfg):
     """Flip, resize by a random factor of IMAGE_SIZE, then crop/pad to IMAGE_SIZE square (LSJ)."""
-    augmentations = []
-    if cfg.INPUT.RANDOM_FLIP != "none":
-        augmentations.append(
-            T.RandomFlip(
-                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
-                vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
-            )
-        )
+    augmentations = _random_flip(cfg)
     size = cfg.INPUT.IMAGE_SIZE
     augmentations += [
         T.ResizeScale(
@@ -73,14 +78,7 @@ def detr_augmentations(cfg):
     INPUT.MAX_SIZE_TRAIN), or first resize the short side to one of INPUT.CROP.PRE_CROP_MIN_SIZES, take
     a random INPUT.CROP (e.g. "absolute_range" 384-600) and then do that multi-scale resize.
     """
-    augmentations = []
-    if cfg.INPUT.RANDOM_FLIP != "none":
-        augmentations.append(
-            T.RandomFlip(
-                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
-                vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
-            )
-        )
+    augmentations = _random_flip(cfg)
 
     def multi_scale_resize():
         return T.ResizeShortestEdge(

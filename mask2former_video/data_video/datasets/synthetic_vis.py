@@ -24,8 +24,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -39,7 +37,9 @@ from mask2former.data.synthetic import (
     _paint_thing,
     _stuff_layout,
     _stuff_texture,
+    ensure_dataset,
     shape_mask,
+    write_dataset_atomically,
 )
 
 from .ytvis import load_ytvis_json, ytvis_metadata_from_categories
@@ -190,57 +190,26 @@ def generate(root, seed=DEFAULT_SEED, splits=None, height=DEFAULT_HEIGHT, width=
     temporary folder first and moved into place, so no half-written dataset is ever seen.
     """
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
-    root = os.path.abspath(root)
-    os.makedirs(os.path.dirname(root), exist_ok=True)
     start = time.perf_counter()
-    staging = tempfile.mkdtemp(prefix=".synthetic_vis-", dir=os.path.dirname(root))
-    try:
+
+    def write_splits(staging):
         first_video_id = 1
         for folder, num_videos in splits.items():
             _write_split(staging, folder, num_videos, seed, height, width, length, first_video_id)
             first_video_id += num_videos
-        with open(os.path.join(staging, _MARKER), "w") as f:
-            json.dump(
-                {"version": FORMAT_VERSION, "seed": seed, "splits": splits, "height": height, "width": width, "length": length},
-                f,
-                indent=1,
-            )
-        if os.path.exists(root):
-            if not overwrite:
-                raise FileExistsError(f"{root} already exists")
-            shutil.rmtree(root)
-        os.rename(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    marker = {"version": FORMAT_VERSION, "seed": seed, "splits": splits, "height": height, "width": width, "length": length}
+    root = write_dataset_atomically(root, ".synthetic_vis-", write_splits, _MARKER, marker, overwrite)
     logger.info("Generated the synthetic video dataset (%s) in %s in %.1f s", splits, root, time.perf_counter() - start)
     return root
 
 
 def ensure_generated(root, folders=("train", "valid")):
     """A complete dataset with these splits in `root`: kept if there, else the default one is made."""
-    marker = os.path.join(root, _MARKER)
-    if os.path.isfile(marker):
-        with open(marker) as f:
-            made = json.load(f)
-        if made.get("version") == FORMAT_VERSION and all(s in made.get("splits", {}) for s in folders):
-            return root
-        logger.info("The synthetic video dataset in %s is outdated or lacks a split; regenerating it.", root)
-        shutil.rmtree(root)
-    elif os.path.isdir(root) and os.listdir(root):
-        raise FileExistsError(
-            f"{root} exists but is not a complete synthetic video dataset (no {_MARKER}). Delete it, or regenerate "
-            f"it with: python -m mask2former_video.data_video.datasets.synthetic_vis --root {root}"
-        )
-    elif os.path.isdir(root):
-        os.rmdir(root)
-    logger.info("Generating the synthetic video dataset in %s (first use; takes a few seconds).", root)
-    try:
-        return generate(root, overwrite=False)
-    except OSError:
-        if os.path.isfile(marker):  # another process made it first
-            return root
-        raise
+    return ensure_dataset(
+        root, _MARKER, FORMAT_VERSION, folders, lambda: generate(root, overwrite=False),
+        "synthetic video dataset", "python -m mask2former_video.data_video.datasets.synthetic_vis",
+    )
 
 
 def register_synthetic_vis(root=None, prefix="synthetic_vis"):

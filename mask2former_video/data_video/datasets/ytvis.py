@@ -27,6 +27,7 @@ import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from mask2former.data.custom import _instance_metadata, read_annotation_json
 from mask2former.data.validation import ValidationReport
 
 __all__ = [
@@ -55,22 +56,14 @@ def ytvis_categories(year):
 
 def ytvis_metadata_from_categories(categories):
     """thing_classes / thing_colors / thing_dataset_id_to_contiguous_id, in increasing id order."""
-    # Imported here: custom.py's palette is the fallback colour for categories without one.
-    from mask2former.data.custom import _instance_metadata
-
+    # custom.py's palette is the fallback colour for categories without one.
     return _instance_metadata(categories)
 
 
 def read_ytvis_json(json_file, report):
     """The parsed json, or None after adding the reason to `report`."""
-    if not os.path.isfile(json_file):
-        report.add(json_file, "annotation file does not exist")
-        return None
-    try:
-        with open(json_file) as f:
-            content = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        report.add(json_file, f"annotation file is not valid JSON ({e})")
+    content = read_annotation_json(json_file, report)
+    if content is None:
         return None
     missing = [key for key in ("videos", "categories") if key not in content]
     if not isinstance(content, dict) or missing:
