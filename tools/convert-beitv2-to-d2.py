@@ -12,26 +12,23 @@ interpolated as BEiT and ViT-Adapter do). Names and shapes are checked against t
 backbone; unknown entries stop the conversion. The adapter and the head start from their
 initialisation (the trainer reports them as missing from MODEL.WEIGHTS).
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from checkpoint_conversion import load_state_dict, save_d2_checkpoint  # noqa: E402
-from vit_adapter_checkpoints import ConversionError, build_meta_model, check_layout, convert_beit  # noqa: E402
-
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "configs/coco/panoptic-segmentation/vit_adapter/maskformer2_beitv2_adapter_large_16x1_3x.yaml",
+from vit_adapter_checkpoints import (  # noqa: E402
+    ConversionError,
+    build_meta_model,
+    check_layout,
+    convert_beit,
+    converter_parser,
 )
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help="BEiT / BEiTv2 checkpoint (.pth)")
-    parser.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="config whose backbone the result must fit")
+    parser = converter_parser(__doc__, "BEiT / BEiTv2 checkpoint (.pth)", "backbone")
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides, KEY VALUE pairs")
     args = parser.parse_args(argv)
     try:

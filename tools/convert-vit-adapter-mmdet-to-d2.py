@@ -17,7 +17,6 @@ runner it never swaps them in, and the test script loads the checkpoint non-stri
 so the published numbers are those of the live weights, which are converted by default
 (--weights ema takes the averages instead).
 """
-import argparse
 import os
 import sys
 
@@ -30,19 +29,12 @@ from vit_adapter_checkpoints import (  # noqa: E402
     check_layout,
     class_permutation,
     convert_mmdet,
-)
-
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "configs/coco/panoptic-segmentation/vit_adapter/maskformer2_beitv2_adapter_large_16x1_3x.yaml",
+    converter_parser,
 )
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help="MMDetection checkpoint (.pth)")
-    parser.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="config whose model the result must fit")
+    parser = converter_parser(__doc__, "MMDetection checkpoint (.pth)", "model")
     parser.add_argument("--weights", choices=("live", "ema"), default="live")
     parser.add_argument(
         "--keep-class-order",

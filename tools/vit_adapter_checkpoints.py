@@ -8,7 +8,9 @@ tools/convert-beitv2-to-d2.py:
 * ``check_layout``: the converted names and shapes against a model built from a config, so that a
   checkpoint of another ViT size or adapter layout fails with the first differences named.
 """
+import argparse
 import math
+import os
 import re
 from collections import OrderedDict
 
@@ -35,6 +37,24 @@ class ConversionError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # MMDetection Mask2Former -> MaskFormer
 # ---------------------------------------------------------------------------------------------
+# The config the converted checkpoints fit unless --config-file says otherwise.
+RECIPE_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "configs/coco/panoptic-segmentation/vit_adapter/maskformer2_beitv2_adapter_large_16x1_3x.yaml",
+)
+
+
+def converter_parser(description, input_help, fitted_part):
+    """The command line both converters share: INPUT OUTPUT [--config-file]; each adds its own options."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help=input_help)
+    parser.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
+    parser.add_argument(
+        "--config-file", default=RECIPE_CONFIG, help=f"config whose {fitted_part} the result must fit"
+    )
+    return parser
+
+
 _PIXEL = "sem_seg_head.pixel_decoder."
 _PREDICTOR = "sem_seg_head.predictor."
 _PARAM = r"(weight|bias)"
