@@ -62,3 +62,37 @@ def test_same_checkout_is_equal_and_a_changed_copy_fails(tmp_path):
     assert {"class logits", "mask logits", "loss loss_ce"} <= failed
     logits = next(row for row in other["rows"] if row["check"].startswith("class logits"))
     assert logits["max_rel"] > 1e-3
+
+
+def _matching_rows(cost_ref, cost_other, queries_ref, queries_other):
+    """compare_matching's verdict for one layer, one image, targets 0..n-1 matched to the queries."""
+    import torch
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+    from compare_outputs import Report, compare_matching
+
+    def run(cost, queries):
+        pairs = (torch.tensor(queries), torch.arange(len(queries)))
+        return {"matchings": [[pairs]], "costs": [[torch.tensor(cost)]]}
+
+    report = Report()
+    compare_matching(report, run(cost_ref, queries_ref), run(cost_other, queries_other))
+    return report.rows
+
+
+def test_a_different_matching_passes_only_at_a_tie():
+    # Queries 0 and 2 cost the same for target 0: either assignment is optimal.
+    tied = [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
+    row = _matching_rows(tied, tied, [0, 1], [2, 1])[0]
+    assert row["ok"] and row["max_abs"] == 0 and "1 pairs differ" in row["note"]
+    # Query 2 is 0.5 worse: choosing it is a change of the matching, not a tie.
+    worse = [[0.0, 1.0], [1.0, 0.0], [0.5, 1.0]]
+    row = _matching_rows(worse, worse, [0, 1], [2, 1])[0]
+    assert not row["ok"] and row["max_abs"] == 0.5
+    # A gap within what the cost matrices' own difference explains (2 pairs x 2 x 1e-6) is a tie.
+    near = [[0.0, 1.0], [1.0, 0.0], [1e-6, 1.0]]
+    near_other = [[1e-6, 1.0], [1.0, 0.0], [0.0, 1.0]]
+    row = _matching_rows(near, near_other, [0, 1], [2, 1])[0]
+    assert row["ok"] and abs(row["max_abs"] - 1e-6) < 1e-12
+    # The same assignment: identical.
+    assert _matching_rows(worse, worse, [0, 1], [0, 1])[0]["note"] == "identical"
