@@ -46,8 +46,8 @@ def test_same_checkout_is_equal_and_a_changed_copy_fails(tmp_path):
     # The checkout against itself: every figure exactly zero, every discrete output identical.
     assert same["pass"]
     checks = {row["check"].split(" (")[0]: row for row in same["rows"]}
-    for name in ("class logits", "mask logits", "semantic scores", "instance scores", "loss loss_ce", "loss loss_mask_0",
-                 "loss loss_dice_1", "matching cost matrices", "gradients, "):
+    for name in ("class logits", "mask logits", "semantic scores", "instance scores", "loss loss_ce",
+                 "loss loss_mask_0", "loss loss_dice_1", "matching cost matrices", "gradients, "):
         row = next(row for check, row in checks.items() if check.startswith(name))
         assert row["max_abs"] == 0 and row["max_rel"] == 0, row
     assert all(row["ok"] for row in same["rows"])

@@ -52,7 +52,6 @@ threshold and the panoptic output has 8 segments.
 """
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -61,7 +60,7 @@ import tempfile
 from benchmark_stages import import_code_root, parse_size
 
 if __name__ == "__main__" and "--child" in sys.argv:
-    CODE_ROOT = import_code_root(sys.argv)
+    import_code_root(sys.argv)  # before anything imports mask2former
 
 
 def get_parser():
@@ -261,7 +260,8 @@ class Report:
 
     def add(self, check, ok, abs_diff=None, rel_diff=None, tolerance="", note=""):
         self.rows.append(
-            {"check": check, "ok": bool(ok), "max_abs": abs_diff, "max_rel": rel_diff, "tolerance": tolerance, "note": note}
+            {"check": check, "ok": bool(ok), "max_abs": abs_diff, "max_rel": rel_diff, "tolerance": tolerance,
+             "note": note}
         )
 
     def tensor(self, check, a, b, rtol):
@@ -272,7 +272,7 @@ class Report:
         return abs_diff, rel_diff
 
     def same(self, check, equal, note=""):
-        self.add(check, equal, tolerance="identical", note=note if not equal or note else "identical")
+        self.add(check, equal, tolerance="identical", note=note or ("identical" if equal else ""))
 
     @property
     def ok(self):
@@ -285,9 +285,8 @@ class Report:
         lines = ["| check | max abs diff | max rel diff | tolerance | result |", "|---|---|---|---|---|"]
         for row in self.rows:
             verdict = ("ok" if row["ok"] else "FAIL") + (f": {row['note']}" if row["note"] else "")
-            lines.append(
-                f"| {row['check']} | {number(row['max_abs'])} | {number(row['max_rel'])} | {row['tolerance']} | {verdict} |"
-            )
+            figures = f"{number(row['max_abs'])} | {number(row['max_rel'])}"
+            lines.append(f"| {row['check']} | {figures} | {row['tolerance']} | {verdict} |")
         return "\n".join(lines)
 
 
@@ -336,8 +335,10 @@ def compare_inference(report, ref, other, args):
             report.same("instances", False, "present in one checkout only")
             return
         report.tensor("instance scores", ref["instance_scores"], other["instance_scores"], args.rtol)
-        classes_equal = torch_equal(ref["instance_classes"], other["instance_classes"])
-        report.same(f"instance classes ({len(ref['instance_classes'])} instances)", classes_equal)
+        a, b = ref["instance_classes"], other["instance_classes"]
+        classes_equal = torch_equal(a, b)
+        note = "" if classes_equal or a.shape != b.shape else f"{int((a != b).sum())} differ"
+        report.same(f"instance classes ({len(a)} instances)", classes_equal, note)
         a, b = ref["instance_masks"], other["instance_masks"]
         if a.shape != b.shape:
             report.same("instance masks", False, f"shapes {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -346,7 +347,8 @@ def compare_inference(report, ref, other, args):
             note = f"{pixels} pixels differ" if pixels else "identical"
             if a.dtype != b.dtype:
                 note += f" (dtypes {a.dtype} vs {b.dtype})"
-            report.add("instance masks", pixels <= args.instance_mask_pixels, tolerance=f"{args.instance_mask_pixels} pixels", note=note)
+            allowed = args.instance_mask_pixels
+            report.add("instance masks", pixels <= allowed, tolerance=f"{allowed} pixels", note=note)
 
 
 def torch_equal(a, b):
@@ -404,7 +406,8 @@ def compare_matching(report, ref, other):
 def compare_training(report, ref, other, args):
     keys_a, keys_b = set(ref["losses"]), set(other["losses"])
     if keys_a != keys_b:
-        report.same("loss keys", False, f"only in reference {sorted(keys_a - keys_b)}, only in other {sorted(keys_b - keys_a)}")
+        only = f"only in reference {sorted(keys_a - keys_b)}, only in other {sorted(keys_b - keys_a)}"
+        report.same("loss keys", False, only)
     for key in sorted(keys_a & keys_b):
         report.tensor(f"loss {key}", ref["losses"][key], other["losses"][key], args.rtol)
     compare_matching(report, ref, other)
