@@ -31,7 +31,7 @@ class _MaskLogits(torch.autograd.Function):
         num_images, num_queries, _ = mask_embed.shape
         grad = grad.reshape(num_images, num_queries, -1)
         features = _pixels_by_channel(mask_features)
-        live = grad.ne(0).any(-1)  # (N, Q): queries with a gradient
+        live = grad.any(-1)  # (N, Q): queries with a non-zero (or NaN) gradient entry
         grad_embed = torch.zeros_like(mask_embed) if ctx.needs_input_grad[0] else None
         grad_features = torch.empty_like(mask_features) if ctx.needs_input_grad[1] else None
         for i in range(num_images):
