@@ -222,6 +222,25 @@ def test_mask_logits_backward_equals_einsum_with_queries_without_gradient(channe
     torch.testing.assert_close(f.grad, ref_features)
 
 
+def test_mask_logits_under_autocast_follow_the_einsum():
+    """Autocast (bfloat16 on CPU): the products run in the autocast dtype like the einsum's, the
+    gradients come back in the inputs' dtype."""
+    g = torch.Generator().manual_seed(1)
+    embed, features = torch.randn(2, 6, 8, generator=g), torch.randn(2, 8, 5, 7, generator=g)
+    grad = torch.randn(2, 6, 5, 7, generator=g).bfloat16()
+    grad[:, 2:] = 0
+    results = []
+    for fn in (mask_logits, lambda e, f: torch.einsum("bqc,bchw->bqhw", e, f)):
+        e, f = embed.clone().requires_grad_(), features.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(e, f)
+        out.backward(grad)
+        results.append((out, e.grad, f.grad))
+    for ours, ref in zip(*results):
+        assert ours.dtype == ref.dtype
+        torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
+
+
 def test_masked_decoder_training_gradients_equal_einsum_gradients():
     """In training the decoder's mask logits take the sparse backward: the gradients of a loss on
     a few queries' masks are those of the plain einsum."""

@@ -29,6 +29,9 @@ class _MaskLogits(torch.autograd.Function):
     def backward(ctx, grad):
         mask_embed, mask_features = ctx.saved_tensors
         num_images, num_queries, _ = mask_embed.shape
+        # Under autocast the forward multiplied in the gradient's (lower) precision: so do the
+        # products here, as the einsum's backward would; the results take the inputs' dtypes.
+        dtype = grad.dtype
         grad = grad.reshape(num_images, num_queries, -1)
         features = _pixels_by_channel(mask_features)
         live = grad.any(-1)  # (N, Q): queries with a non-zero (or NaN) gradient entry
@@ -38,10 +41,16 @@ class _MaskLogits(torch.autograd.Function):
             rows = live[i].nonzero().squeeze(1)
             grad_rows = grad[i, rows]  # (n, H*W)
             if grad_embed is not None:
-                grad_embed[i, rows] = grad_rows @ features[i].T
+                grad_embed[i, rows] = (grad_rows @ features[i].to(dtype).T).to(grad_embed.dtype)
             if grad_features is not None:
-                # Written in place, in the layout of the features; no query: zeros.
-                torch.mm(mask_embed[i, rows].T, grad_rows, out=_pixels_by_channel(grad_features)[i])
+                # Written in the layout of the features (in place where the dtypes agree); no
+                # query with a gradient: zeros.
+                target = _pixels_by_channel(grad_features)[i]
+                embed_rows = mask_embed[i, rows].to(dtype).T
+                if target.dtype == dtype:
+                    torch.mm(embed_rows, grad_rows, out=target)
+                else:
+                    target.copy_(embed_rows @ grad_rows)
         return grad_embed, grad_features
 
 
