@@ -45,7 +45,7 @@ def pairwise_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> tor
     # at any logit and an absolute error of about an ulp of 1 per point, nothing in a sum over
     # thousands of points; unlike torch's softplus (scalar exp/log1p on CPU) it is vectorised,
     # several times faster over the matcher's (Q, P) logits.
-    softplus_sums = inputs.clamp(min=0).sum(-1) - inputs.abs().sigmoid().log().sum(-1)
+    softplus_sums = inputs.clamp(min=0).sum(-1) - inputs.abs().sigmoid_().log_().sum(-1)
     cost = softplus_sums[:, None] - inputs @ targets.T
     return cost / num_points
 
