@@ -82,6 +82,27 @@ def test_losses_equal_naive_per_pixel_losses_when_points_are_pixel_centres():
     assert losses["loss_ce"].item() == pytest.approx(weighted_sum / weight_total, rel=1e-6)
 
 
+def test_targets_of_different_sizes_are_zero_padded_like_a_batch():
+    """Targets of unequal sizes are padded at the bottom/right (the nested-tensor path); the same
+    targets padded by hand take the path that selects without padding: equal losses."""
+    g = torch.Generator().manual_seed(5)
+    outputs = {"pred_logits": torch.randn(2, 3, 5, generator=g), "pred_masks": torch.randn(2, 3, 6, 8, generator=g)}
+    masks = [torch.rand(2, 10, 16, generator=g) > 0.5, torch.rand(1, 12, 13, generator=g) > 0.5]
+    indices = [(torch.tensor([0, 2]), torch.tensor([1, 0])), (torch.tensor([1]), torch.tensor([0]))]
+    padded = [F.pad(m, (0, 16 - m.shape[2], 0, 12 - m.shape[1])) for m in masks]
+    labels = [torch.tensor([2, 0]), torch.tensor([3])]
+    points = torch.rand(3, 12, 2, generator=g)
+    losses = []
+    for target_masks in (masks, padded):
+        criterion = make_criterion(FixedMatcher(indices))
+        criterion.sample_points = lambda src_masks: points
+        targets = [{"labels": lab, "masks": m} for lab, m in zip(labels, target_masks)]
+        losses.append(criterion(outputs, targets))
+    assert losses[0].keys() == losses[1].keys()
+    for key in losses[0]:
+        assert torch.equal(losses[0][key], losses[1][key]), key
+
+
 def test_importance_sampling_picks_the_most_uncertain_candidates():
     g = torch.Generator().manual_seed(3)
     src_masks = torch.randn(2, 1, 7, 9, generator=g)

@@ -37,6 +37,21 @@ def test_pairwise_costs_against_naive_loops():
             assert dice[n, m].item() == pytest.approx(expected_dice, rel=1e-10)
 
 
+def test_sigmoid_ce_cost_at_extreme_logits_in_float32():
+    """Saturated logits (the softplus term is computed without softplus): finite, and equal to the
+    float64 BCE with torch's softplus to float32 precision."""
+    g = torch.Generator().manual_seed(1)
+    extremes = torch.tensor([-1e4, -200.0, -30.0, -1e-6, 0.0, 1e-6, 30.0, 200.0, 1e4])
+    inputs = torch.cat([extremes, torch.randn(991, generator=g) * 8])
+    inputs = inputs[torch.randperm(1000, generator=g)].reshape(4, 250)
+    targets = (torch.rand(3, 250, generator=g) > 0.5).float()
+    cost = pairwise_sigmoid_ce_cost(inputs, targets)
+    x, y = inputs.double(), targets.double()
+    expected = (torch.nn.functional.softplus(x).sum(-1)[:, None] - x @ y.T) / 250
+    assert torch.isfinite(cost).all()
+    torch.testing.assert_close(cost.double(), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_costs_on_pixel_centres_equal_full_mask_costs():
     """With points on every pixel centre the point costs are the full-mask costs."""
     g = torch.Generator().manual_seed(1)

@@ -14,6 +14,7 @@ from mask2former.modeling.transformer_decoder.mask2former_transformer_decoder im
     CrossAttentionLayer,
     MultiScaleMaskedTransformerDecoder,
 )
+from mask2former.modeling.transformer_decoder.mask_logits import mask_logits
 from mask2former.modeling.transformer_decoder.maskformer_transformer_decoder import (
     StandardTransformerDecoder,
 )
@@ -186,6 +187,80 @@ def test_masked_decoder_images_are_independent(pre_norm):
             single = decoder([f[n : n + 1] for f in x], mask_features[n : n + 1])
             torch.testing.assert_close(single["pred_masks"], batched["pred_masks"][n : n + 1], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(single["pred_logits"], batched["pred_logits"][n : n + 1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mask_logits_backward_equals_einsum_with_queries_without_gradient(channels_last):
+    """Same values as the einsum; gradients of the einsum's backward, with whole queries (and a
+    whole image) without gradient skipped, in the features' memory layout."""
+    g = torch.Generator().manual_seed(0)
+    embed = torch.randn(3, 7, 5, generator=g)
+    features = torch.randn(3, 5, 4, 6, generator=g)
+    if channels_last:
+        features = features.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(3, 7, 4, 6, generator=g)
+    grad[0, [1, 2, 5]] = 0
+    grad[1] = 0
+    grad[2, 3, 1:] = 0  # one non-zero entry keeps a query
+
+    results = []
+    for fn in (mask_logits, lambda e, f: torch.einsum("bqc,bchw->bqhw", e, f)):
+        e, f = embed.clone().requires_grad_(), features.clone().requires_grad_()
+        out = fn(e, f)
+        out.backward(grad)
+        results.append((out, e.grad, f.grad))
+    (out, grad_embed, grad_features), (ref_out, ref_embed, ref_features) = results
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(grad_embed, ref_embed)
+    torch.testing.assert_close(grad_features, ref_features)
+    assert torch.equal(grad_embed[1], torch.zeros(7, 5)) and torch.equal(grad_features[1], torch.zeros(5, 4, 6))
+    assert grad_features.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    # Only the features need a gradient.
+    f = features.clone().requires_grad_()
+    mask_logits(embed, f).backward(grad)
+    torch.testing.assert_close(f.grad, ref_features)
+
+
+def test_mask_logits_under_autocast_follow_the_einsum():
+    """Autocast (bfloat16 on CPU): the products run in the autocast dtype like the einsum's, the
+    gradients come back in the inputs' dtype."""
+    g = torch.Generator().manual_seed(1)
+    embed, features = torch.randn(2, 6, 8, generator=g), torch.randn(2, 8, 5, 7, generator=g)
+    grad = torch.randn(2, 6, 5, 7, generator=g).bfloat16()
+    grad[:, 2:] = 0
+    results = []
+    for fn in (mask_logits, lambda e, f: torch.einsum("bqc,bchw->bqhw", e, f)):
+        e, f = embed.clone().requires_grad_(), features.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(e, f)
+        out.backward(grad)
+        results.append((out, e.grad, f.grad))
+    for ours, ref in zip(*results):
+        assert ours.dtype == ref.dtype
+        torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_masked_decoder_training_gradients_equal_einsum_gradients():
+    """In training the decoder's mask logits take the sparse backward: the gradients of a loss on
+    a few queries' masks are those of the plain einsum."""
+    decoder = _masked_decoder(dec_layers=4).train()
+    x, mask_features = _multi_scale_inputs()
+    grads = []
+    for sparse in (True, False):
+        if not sparse:
+            decoder.mask_logits = lambda e, f: torch.einsum("bqc,bchw->bqhw", e, f)
+        decoder.zero_grad()
+        features = mask_features.clone().requires_grad_()
+        out = decoder(x, features)
+        loss = out["pred_masks"][0, [1, 4]].sigmoid().sum() + out["pred_logits"].sum()
+        loss = loss + sum(a["pred_masks"][1, 2].square().sum() for a in out["aux_outputs"])
+        loss.backward()
+        grads.append([features.grad] + [p.grad.clone() for p in decoder.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads):
+        # Rounding of sums with cancellations: relative to each gradient's scale.
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
 def test_masked_decoder_input_projection_and_checks():

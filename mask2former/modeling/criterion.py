@@ -17,10 +17,7 @@ masks). This is the reference implementation's order, so a seeded run reproduces
 """
 import torch
 import torch.nn.functional as F
-from detectron2.projects.point_rend.point_features import (
-    get_uncertain_point_coords_with_randomness,
-    point_sample,
-)
+from detectron2.projects.point_rend.point_features import point_sample
 from torch import nn
 
 from ..utils.misc import get_world_size, is_dist_avail_and_initialized, nested_tensor_from_tensor_list
@@ -122,24 +119,36 @@ class SetCriterion(nn.Module):
         return {"loss_ce": loss_ce}
 
     def sample_points(self, src_masks: torch.Tensor) -> torch.Tensor:
-        """Importance-sampled point coordinates (N, num_points, 2) for mask logits (N, 1, h, w)."""
-        return get_uncertain_point_coords_with_randomness(
-            src_masks,
-            calculate_uncertainty,
-            self.num_points,
-            self.oversample_ratio,
-            self.importance_sample_ratio,
-        )
+        """Importance-sampled point coordinates (N, num_points, 2) for mask logits (N, 1, h, w): the
+        most uncertain of ``oversample_ratio * num_points`` uniform candidates (uncertainty of the
+        interpolated logit, not interpolated uncertainty), then the uniform random rest."""
+        num_masks = src_masks.shape[0]
+        num_candidates = int(self.num_points * self.oversample_ratio)
+        num_uncertain = int(self.importance_sample_ratio * self.num_points)
+        candidates = torch.rand(num_masks, num_candidates, 2, device=src_masks.device)
+        uncertainty = calculate_uncertainty(point_sample(src_masks, candidates, align_corners=False))[:, 0]
+        # The chosen set is what matters (the losses average over points): an unsorted top-k is
+        # the same set as a sorted one, at half the cost.
+        chosen = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices
+        coords = candidates.gather(1, chosen[..., None].expand(-1, -1, 2))
+        num_random = self.num_points - num_uncertain
+        if num_random > 0:
+            coords = torch.cat([coords, torch.rand(num_masks, num_random, 2, device=src_masks.device)], dim=1)
+        return coords
 
     def matched_masks(self, outputs, targets, indices):
         """Mask logits (N, 1, h, w) of the matched queries and their target masks (N, 1, H, W)."""
         src_batch_idx, src_idx = self._src_permutation_idx(indices)
         tgt_batch_idx, tgt_idx = self._tgt_permutation_idx(indices)
         src_masks = outputs["pred_masks"][src_batch_idx, src_idx][:, None]
-        target_masks = nested_tensor_from_tensor_list([t["masks"] for t in targets]).tensors
-        # Select the matched masks before converting: only those are needed as floats.
-        target_masks = target_masks[tgt_batch_idx, tgt_idx].to(src_masks)[:, None]
-        return src_masks, target_masks
+        masks = [t["masks"] for t in targets]
+        if all(m.shape[1:] == masks[0].shape[1:] for m in masks):
+            # The usual case (the meta-architecture pads all targets to the batch's size): select
+            # the matched masks without padding the whole batch.
+            target_masks = torch.cat([m[tgt] for m, (_, tgt) in zip(masks, indices)])
+        else:
+            target_masks = nested_tensor_from_tensor_list(masks).tensors[tgt_batch_idx, tgt_idx]
+        return src_masks, target_masks.to(src_masks)[:, None]
 
     def loss_masks(self, outputs, targets, indices, num_masks):
         src_masks, target_masks = self.matched_masks(outputs, targets, indices)
@@ -181,6 +190,9 @@ class SetCriterion(nn.Module):
             raise ValueError("SetCriterion: training needs targets (batched_inputs[i]['instances'])")
         final_outputs = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
+        # The matcher and the mask losses of every prediction read the targets in the masks' dtype:
+        # convert them once, not once per prediction and consumer.
+        targets = [{**t, "masks": t["masks"].to(outputs["pred_masks"])} for t in targets]
 
         losses = {}
         predictions = [("", final_outputs)]

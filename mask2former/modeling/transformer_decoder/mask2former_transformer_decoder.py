@@ -15,6 +15,7 @@ from torch import nn
 
 from detectron2.config import configurable
 
+from .mask_logits import mask_logits
 from .maskformer_transformer_decoder import (
     MLP,
     TRANSFORMER_DECODER_REGISTRY,
@@ -286,6 +287,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
     def mask_logits(self, mask_embed, mask_features):
         """Mask logits (N, Q, H, W) from query embeddings (N, Q, C) and pixel embeddings (N, C, H, W)."""
+        if self.training and torch.is_grad_enabled():
+            # Same values; the backward skips the queries without a gradient (unmatched ones).
+            return mask_logits(mask_embed, mask_features)
         return torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
 
     def forward_prediction_heads(self, output, mask_features, attn_mask_target_size):
