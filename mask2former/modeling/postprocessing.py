@@ -161,20 +161,24 @@ def panoptic_inference(
     # Per pixel: the first kept query maximising score * mask probability (= argmax over the kept
     # queries, which returns the first maximum), and that query's own mask probability. A running
     # maximum over queries is much faster on CPU than argmax along dim 0.
+    # The loop updates preallocated (H, W) buffers in place: no allocation per query.
     cur_scores = scores[keep].tolist()
     first_prob = kept_queries_prob[0]
     best_value = cur_scores[0] * first_prob
     owner = torch.zeros((h, w), dtype=torch.int64, device=device)
     owner_prob = first_prob.clone()
-    original_area = [int((first_prob >= 0.5).sum())]
+    value = torch.empty_like(first_prob)
+    better = torch.empty((h, w), dtype=torch.bool, device=device)
+    at_least_half = torch.empty_like(better)
+    original_area = [int(torch.ge(first_prob, 0.5, out=at_least_half).sum())]
     for k in range(1, len(kept_queries)):
         prob = kept_queries_prob[k]
-        value = cur_scores[k] * prob
-        better = value > best_value
-        best_value = torch.where(better, value, best_value)
+        torch.mul(prob, cur_scores[k], out=value)
+        torch.gt(value, best_value, out=better)
+        torch.where(better, value, best_value, out=best_value)
         owner.masked_fill_(better, k)
-        owner_prob = torch.where(better, prob, owner_prob)
-        original_area.append(int((prob >= 0.5).sum()))
+        torch.where(better, prob, owner_prob, out=owner_prob)
+        original_area.append(int(torch.ge(prob, 0.5, out=at_least_half).sum()))
     owner_in_mask = owner_prob >= 0.5
     num_kept = len(kept_queries)
     flat_owner = owner.flatten()
@@ -235,30 +239,61 @@ def instance_inference(
         labels_per_image = labels_per_image[keep]
         query_indices = query_indices[keep]
 
-    # Mask statistics once per distinct query, not per (query, class) pair: a query often
-    # appears with several classes, and every pass over full-size masks is costly.
+    # Mask statistics once per distinct query (a "row"), not per (query, class) pair: a query
+    # often appears with several classes, and every pass over full-size masks is costly. With the
+    # shared probabilities and every query present, the rows are all masks in their own order.
     unique_queries, position = torch.unique(query_indices, return_inverse=True)
-    if len(unique_queries) == len(query_indices):
-        unique_queries, position = query_indices, None
-    in_mask = mask_pred[unique_queries] > 0
-    if mask_prob is None:
-        unique_prob = mask_pred[unique_queries].sigmoid()
+    if mask_prob is not None and len(unique_queries) == mask_pred.shape[0]:
+        rows, position = None, query_indices
+    elif len(unique_queries) == len(query_indices):
+        rows, position = query_indices, None
     else:
-        unique_prob = mask_prob[unique_queries]
-    binary = in_mask.to(unique_prob.dtype)
-    flat_binary = binary.flatten(1)
-    mask_scores = (unique_prob.flatten(1) * flat_binary).sum(1) / (flat_binary.sum(1) + 1e-6)
+        rows = unique_queries
+    if rows is None:
+        in_mask = mask_pred > 0
+    elif 4 * len(rows) >= mask_pred.shape[0]:
+        # Gathering booleans moves a quarter of the bytes of gathering logits.
+        in_mask = (mask_pred > 0)[rows]
+    else:
+        in_mask = mask_pred[rows] > 0
+    if mask_prob is None:
+        mask_prob, rows = mask_pred[rows].sigmoid(), None
+    mask_scores = _mean_inside(in_mask, mask_prob, rows)
     boxes = masks_to_boxes(in_mask)
     if position is not None:
-        binary, mask_scores, boxes = binary[position], mask_scores[position], boxes[position]
+        in_mask, mask_scores, boxes = in_mask[position], mask_scores[position], boxes[position]
 
     result = Instances(image_size)
-    result.pred_masks = binary
+    result.pred_masks = in_mask.to(mask_pred.dtype)
     result.pred_boxes = Boxes(boxes)
     result.scores = scores_per_image * mask_scores
     result.pred_classes = labels_per_image
     return result
 
+
+def _mean_inside(in_mask: torch.Tensor, mask_prob: torch.Tensor, rows: Optional[torch.Tensor], rows_per_block: int = 8):
+    """Mean probability inside each binary mask: ``in_mask`` (K, H, W), its probabilities
+    ``mask_prob[rows]`` (all of ``mask_prob`` when ``rows`` is None).
+
+    The same bits as ``(prob * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)``
+    with ``prob`` and ``binary`` (the float masks) full-size tensors, without those temporaries:
+    the products are summed a few rows at a time (a row's sum does not depend on the other rows
+    of the tensor, as long as a block never holds a single row of several: a one-row sum is split
+    across threads), and the pixel counts are exact integers either way.
+    """
+    num_rows = in_mask.shape[0]
+    flat_mask, flat_prob = in_mask.flatten(1), mask_prob.flatten(1)
+    inside = []
+    start = 0
+    while start < num_rows:
+        end = start + rows_per_block
+        if num_rows - end == 1:
+            end = num_rows
+        prob = flat_prob[start:end] if rows is None else flat_prob[rows[start:end]]
+        inside.append((prob * flat_mask[start:end]).sum(1))
+        start = end
+    inside = torch.cat(inside) if inside else flat_prob.new_zeros(0)
+    return inside / (flat_mask.sum(1).to(inside.dtype) + 1e-6)
 
 def postprocess_image(
     mask_cls: torch.Tensor,
