@@ -11,6 +11,7 @@ from detectron2.structures import BitMasks, Instances
 from torch import nn
 
 from mask2former.maskformer_model import MaskFormer, masks_to_boxes, resize_to_output
+from mask2former.modeling.postprocessing import instance_inference
 from mask2former.modeling.criterion import SetCriterion
 from mask2former.modeling.matcher import HungarianMatcher
 
@@ -421,3 +422,36 @@ def test_optimised_postprocessing_is_bitwise_identical_to_the_reference_formulas
     assert torch.equal(inst.scores, scores) and torch.equal(inst.pred_classes, labels)
     assert torch.equal(inst.pred_masks, masks) and len(inst) > (20 if kind != "few" else 4)
     assert torch.equal(inst.pred_boxes.tensor, naive_boxes(masks))
+
+
+def _unique_row_statistics(mask_pred, mask_prob, query_indices):
+    """Mean probability inside each pair's mask, the straightforward way: full-size gathers of the
+    distinct queries' logits and probabilities, float masks, one sum over them, then per pair."""
+    unique_queries, position = torch.unique(query_indices, return_inverse=True)
+    binary = (mask_pred[unique_queries] > 0).float().flatten(1)
+    scores = (mask_prob[unique_queries].flatten(1) * binary).sum(1) / (binary.sum(1) + 1e-6)
+    return scores[position]
+
+
+@pytest.mark.parametrize("size", [(96, 120), (77, 101), (512, 512)])
+@pytest.mark.parametrize("queries", [[3], [3, 3], [0, 1], [4, 4, 1], list(range(10)), [9, 2, 2, 5, 0, 7, 1]])
+def test_instance_mask_scores_are_bitwise_the_unique_row_formula(size, queries):
+    """Whatever the pairs (one query, one query twice, duplicates, all queries in any order), the
+    blocked sums give the bits of the one-tensor formula over the distinct queries."""
+    g = torch.Generator().manual_seed(len(queries))
+    mask_pred = torch.randn(10, *size, generator=g) * 3
+    mask_prob = mask_pred.sigmoid()
+    query_indices = torch.tensor(queries)
+    # One class per query, so that instance inference keeps exactly these pairs.
+    mask_cls = torch.full((10, 4), -50.0)
+    mask_cls[:, 3] = 0.0
+    for k, q in enumerate(queries):
+        mask_cls[q, k % 3] = 50.0 - k
+    topk = len(queries)
+    inst = instance_inference(mask_cls, mask_pred, num_classes=3, topk_per_image=topk, mask_prob=mask_prob)
+    class_scores = F.softmax(mask_cls, dim=-1)[:, :-1].flatten()
+    pair_scores, top = class_scores.topk(topk, sorted=False)
+    expected = pair_scores * _unique_row_statistics(mask_pred, mask_prob, top // 3)
+    assert sorted((top // 3).tolist()) == sorted(queries)
+    assert torch.equal(inst.scores, expected)
+    assert torch.equal(inst.pred_masks, (mask_pred[top // 3] > 0).float())
