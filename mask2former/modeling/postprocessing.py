@@ -18,8 +18,11 @@ formulas, checked in tests/test_inference.py and tools/benchmark_postprocess.py)
 is computed once and shared by the three inference types; the identity resize to an unchanged
 output size is skipped; panoptic inference finds each pixel's query with a running maximum over the
 kept queries only (argmax along the query dimension is slow on CPU) and counts segment areas in one
-pass; instance inference computes mask statistics once per distinct query instead of gathering
-two full-size masks per (query, class) pair.
+pass, updating preallocated buffers in place; instance inference computes binary masks, boxes and
+pixel counts once per distinct query instead of gathering two full-size masks per (query, class)
+pair, gathers booleans rather than logits, builds the float masks once (in the pairs' order: they
+are the result) and sums the probabilities inside them two masks at a time, so that no other
+full-size float temporary is made (on CPU every fresh 100 MB buffer also costs page faults).
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
