@@ -172,9 +172,8 @@ def main(argv=None):
     cases = [(f"class logits x{scale:g}", outputs["pred_logits"] * scale, outputs["pred_masks"])
              for scale in args.class_scale or [1.0, 8.0]]
     if args.confident:
-        cases.append(
-            (f"{args.confident} confident queries", *trained_like(outputs["pred_logits"], outputs["pred_masks"], args.confident))
-        )
+        logits, masks = trained_like(outputs["pred_logits"], outputs["pred_masks"], args.confident)
+        cases.append((f"{args.confident} confident queries", logits, masks))
     all_identical = True
     for case, pred_logits, pred_masks in cases:
         call = (pred_logits, pred_masks, padded_size, image_size, height, width)
