@@ -11,6 +11,7 @@ from detectron2.structures import BitMasks, Instances
 from torch import nn
 
 from mask2former.maskformer_model import MaskFormer, masks_to_boxes, resize_to_output
+from mask2former.modeling.postprocessing import instance_inference
 from mask2former.modeling.criterion import SetCriterion
 from mask2former.modeling.matcher import HungarianMatcher
 
@@ -356,10 +357,44 @@ def reference_formulas(model, mask_cls, mask_pred):
     return sem, (seg, info), (top_scores * mask_scores, top_labels, binary)
 
 
-@pytest.mark.parametrize("thresholds", [(0.0, 0.0), (0.8, 0.1)])
-def test_optimised_postprocessing_is_bitwise_identical_to_the_reference_formulas(thresholds):
+def _coco_like_class_logits(g, kind):
+    """Class logits (100, 134) for the post-processing cases: "mixed" (confident things and stuff,
+    shared classes, most queries unsure), "every query" (each sure of a thing class: the top
+    pairs hold every query once), "two classes" (60 queries each sure of two thing classes: the
+    pairs hold many of them twice), "few" (five confident queries: a small subset)."""
+    mask_cls = torch.randn(100, 134, generator=g) * 3
+    if kind == "mixed":
+        mask_cls[:20, :80] += torch.eye(20, 80) * 12  # confident things
+        mask_cls[30:40, 100:110] += torch.eye(10) * 12  # confident stuff
+        mask_cls[40:45, 100] += 12  # several queries of one stuff class
+        mask_cls[50:55, 3] += 12  # several queries of one thing class
+    elif kind == "every query":
+        mask_cls[torch.arange(100), torch.arange(100) % 80] += 30
+    elif kind == "two classes":
+        mask_cls[torch.arange(60), torch.arange(60)] += 30
+        mask_cls[torch.arange(60), torch.arange(60) + 7] += 30
+        mask_cls[60:, 133] += 60
+    else:  # the other queries' class probabilities are far below any of these five's
+        mask_cls[:5, :5] += torch.eye(5) * 30
+        mask_cls[5:, 133] += 60
+    return mask_cls
+
+
+@pytest.mark.parametrize(
+    "thresholds,kind,size",
+    [
+        ((0.0, 0.0), "mixed", (96, 120)),
+        ((0.8, 0.1), "mixed", (96, 120)),
+        ((0.8, 0.1), "every query", (96, 120)),
+        ((0.8, 0.1), "every query", (77, 101)),
+        ((0.0, 0.0), "two classes", (77, 101)),
+        ((0.8, 0.1), "few", (61, 67)),
+    ],
+)
+def test_optimised_postprocessing_is_bitwise_identical_to_the_reference_formulas(thresholds, kind, size):
     """COCO-like sizes (100 queries, 133 classes): the vectorised panoptic merge and the per-query
-    instance statistics must not change a single bit."""
+    instance statistics (computed on the masks in place when every query is among the top pairs,
+    a few rows at a time) must not change a single bit."""
 
     class Head(nn.Module):
         num_classes = 133
@@ -375,19 +410,48 @@ def test_optimised_postprocessing_is_bitwise_identical_to_the_reference_formulas
         pixel_std=[1, 1, 1], semantic_on=True, panoptic_on=True, instance_on=True, test_topk_per_image=100,
     )
     g = torch.Generator().manual_seed(0)
-    mask_cls = torch.randn(100, 134, generator=g) * 3
-    mask_cls[:20, :80] += torch.eye(20, 80) * 12  # confident things
-    mask_cls[30:40, 100:110] += torch.eye(10) * 12  # confident stuff
-    mask_cls[40:45, 100] += 12  # several queries of one stuff class
-    mask_cls[50:55, 3] += 12  # several queries of one thing class
-    mask_pred = F.interpolate(torch.randn(1, 100, 24, 30, generator=g) * 3, (96, 120), mode="bilinear")[0]
+    mask_cls = _coco_like_class_logits(g, kind)
+    mask_pred = F.interpolate(torch.randn(1, 100, 24, 30, generator=g) * 3, size, mode="bilinear")[0]
 
     out = model.postprocess(mask_cls, mask_pred)
     sem, (seg, info), (scores, labels, masks) = reference_formulas(model, mask_cls, mask_pred)
     assert torch.equal(out["sem_seg"], sem)
     assert torch.equal(out["panoptic_seg"][0], seg) and out["panoptic_seg"][1] == info
-    assert len(info) > 3
+    assert len(info) > 3 or kind != "mixed"
     inst = out["instances"]
     assert torch.equal(inst.scores, scores) and torch.equal(inst.pred_classes, labels)
-    assert torch.equal(inst.pred_masks, masks) and len(inst) > 20
+    assert torch.equal(inst.pred_masks, masks) and len(inst) > (20 if kind != "few" else 4)
     assert torch.equal(inst.pred_boxes.tensor, naive_boxes(masks))
+
+
+def _unique_row_statistics(mask_pred, mask_prob, query_indices):
+    """Mean probability inside each pair's mask, the straightforward way: full-size gathers of the
+    distinct queries' logits and probabilities, float masks, one sum over them, then per pair."""
+    unique_queries, position = torch.unique(query_indices, return_inverse=True)
+    binary = (mask_pred[unique_queries] > 0).float().flatten(1)
+    scores = (mask_prob[unique_queries].flatten(1) * binary).sum(1) / (binary.sum(1) + 1e-6)
+    return scores[position]
+
+
+@pytest.mark.parametrize("size", [(96, 120), (77, 101), (512, 512)])
+@pytest.mark.parametrize("queries", [[3], [3, 3], [0, 1], [4, 4, 1], list(range(10)), [9, 2, 2, 5, 0, 7, 1]])
+def test_instance_mask_scores_are_bitwise_the_unique_row_formula(size, queries):
+    """Whatever the pairs (one query, one query twice, duplicates, all queries in any order), the
+    blocked sums give the bits of the one-tensor formula over the distinct queries."""
+    g = torch.Generator().manual_seed(len(queries))
+    mask_pred = torch.randn(10, *size, generator=g) * 3
+    mask_prob = mask_pred.sigmoid()
+    query_indices = torch.tensor(queries)
+    # One class per query, so that instance inference keeps exactly these pairs.
+    mask_cls = torch.full((10, 4), -50.0)
+    mask_cls[:, 3] = 0.0
+    for k, q in enumerate(queries):
+        mask_cls[q, k % 3] = 50.0 - k
+    topk = len(queries)
+    inst = instance_inference(mask_cls, mask_pred, num_classes=3, topk_per_image=topk, mask_prob=mask_prob)
+    class_scores = F.softmax(mask_cls, dim=-1)[:, :-1].flatten()
+    pair_scores, top = class_scores.topk(topk, sorted=False)
+    expected = pair_scores * _unique_row_statistics(mask_pred, mask_prob, top // 3)
+    assert sorted((top // 3).tolist()) == sorted(queries)
+    assert torch.equal(inst.scores, expected)
+    assert torch.equal(inst.pred_masks, (mask_pred[top // 3] > 0).float())

@@ -103,9 +103,8 @@ def _multi_scale_inputs(batch=2, channels=16, seed=0):
     return x, mask_features
 
 
-def test_masked_decoder_round_robin_and_attention_masks():
-    decoder = _masked_decoder(dec_layers=5)
-    x, mask_features = _multi_scale_inputs()
+def _record_attention_masks(decoder):
+    """Appends (memory length, attention mask) of every cross-attention call to the returned list."""
     seen = []
 
     def record(module, args, kwargs):
@@ -113,6 +112,13 @@ def test_masked_decoder_round_robin_and_attention_masks():
 
     for layer in decoder.transformer_cross_attention_layers:
         layer.register_forward_pre_hook(record, with_kwargs=True)
+    return seen
+
+
+def test_masked_decoder_round_robin_and_attention_masks():
+    decoder = _masked_decoder(dec_layers=5).train()  # training mode returns the earlier predictions
+    x, mask_features = _multi_scale_inputs()
+    seen = _record_attention_masks(decoder)
     with torch.no_grad():
         out = decoder(x, mask_features)
 
@@ -131,6 +137,41 @@ def test_masked_decoder_round_robin_and_attention_masks():
                     expected[n, q] = False  # a query with an empty mask attends everywhere
         expected = expected[:, None].expand(-1, decoder.num_heads, -1, -1).reshape(-1, *expected.shape[1:])
         assert torch.equal(mask, expected), f"layer {i}"
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_masked_decoder_inference_path_matches_training_path(seed, pre_norm):
+    """In eval mode the intermediate masks are predicted at the attended level's size from resized
+    pixel embeddings instead of resized from the full-size masks: the same attention masks up to
+    logits within rounding noise of 0, hence the same outputs (bit for bit when no mask differs);
+    no earlier predictions are returned."""
+    decoder = _masked_decoder(dec_layers=5, pre_norm=pre_norm)
+    _randomize(decoder, seed=seed, scale=0.3)
+    x, mask_features = _multi_scale_inputs(seed=seed)
+    inference_masks = _record_attention_masks(decoder)
+    with torch.no_grad():
+        out = decoder(x, mask_features)
+        decoder.train()
+        training_masks = _record_attention_masks(decoder)
+        reference = decoder(x, mask_features)
+    assert out["aux_outputs"] == [] and len(reference["aux_outputs"]) == 5
+    # The first hooks also saw the training run.
+    inference_masks = inference_masks[:5]
+    assert len(training_masks) == 5
+    predictions = [a["pred_masks"] for a in reference["aux_outputs"]]
+    same_masks = True
+    for i, ((_, a), (_, b)) in enumerate(zip(inference_masks, training_masks)):
+        h, w = x[i % 3].shape[-2:]
+        logits = F.interpolate(predictions[i], size=(h, w), mode="bilinear", align_corners=False).flatten(2)
+        near_zero = logits.abs().repeat_interleave(decoder.num_heads, dim=0) < 1e-5
+        assert not (a != b)[~near_zero].any(), f"layer {i}"
+        same_masks &= torch.equal(a, b)
+    torch.testing.assert_close(out["pred_logits"], reference["pred_logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["pred_masks"], reference["pred_masks"], atol=1e-5, rtol=1e-5)
+    if same_masks:
+        assert torch.equal(out["pred_masks"], reference["pred_masks"])
+        assert torch.equal(out["pred_logits"], reference["pred_logits"])
 
 
 def test_masked_decoder_fully_masked_rows_are_released():
@@ -158,7 +199,7 @@ def test_masked_decoder_fully_masked_rows_are_released():
 
 
 def test_masked_decoder_outputs_and_aux_from_learnable_queries():
-    decoder = _masked_decoder(dec_layers=4, num_classes=4)
+    decoder = _masked_decoder(dec_layers=4, num_classes=4).train()
     x, mask_features = _multi_scale_inputs()
     with torch.no_grad():
         out = decoder(x, mask_features)
@@ -365,7 +406,10 @@ def test_mask_former_head_variants(pixel_decoder, transformer_decoder, in_featur
         out = head(_features())
     assert out["pred_logits"].shape == (1, 4, 4)
     assert out["pred_masks"].shape == (1, 4, 16, 24)
-    assert len(out["aux_outputs"]) == num_aux
+    # The masked-attention decoder returns the earlier predictions in training only.
+    assert len(out["aux_outputs"]) == (0 if transformer_decoder == "MultiScaleMaskedTransformerDecoder" else num_aux)
+    with torch.no_grad():
+        assert len(head.train()(_features())["aux_outputs"]) == num_aux
 
 
 def test_mask_former_head_rejects_bad_inputs():

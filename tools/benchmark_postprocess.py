@@ -8,7 +8,10 @@ results, upsampling included -- of this checkout and of ``--baseline`` (a git co
 ``mask2former/maskformer_model.py`` still holds the inference code), interleaved repetition by
 repetition so that machine load affects both alike. Untrained class logits are nearly uniform,
 so panoptic inference keeps no query; ``--class-scale`` multiplies them to make the predictions
-confident the way a trained model's are (the default case reports both).
+confident the way a trained model's are (the default case reports both). Untrained predictions
+are also alike across queries, so that the top (query, class) pairs of instance inference are
+all of one stuff class; ``--confident N`` adds the case of a trained model's output: N queries
+(seeded random) each confident of a random class, the others of "no object", mask logits x6.
 
     python tools/benchmark_postprocess.py \\
         --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml \\
@@ -111,6 +114,18 @@ def identical(a, b):
     return diffs
 
 
+def trained_like(pred_logits, pred_masks, confident, seed=0):
+    """Head outputs shaped like a trained model's: ``confident`` queries each sure of a random
+    class, the others of "no object"; sharper mask logits."""
+    g = torch.Generator().manual_seed(seed)
+    num_queries, num_labels = pred_logits.shape[-2:]
+    logits = torch.randn(pred_logits.shape, generator=g) * 2
+    classes = torch.randint(0, num_labels - 1, (num_queries,), generator=g)
+    classes[confident:] = num_labels - 1
+    logits[..., torch.arange(num_queries), classes] += 10
+    return logits.to(pred_logits), pred_masks * 6
+
+
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
@@ -122,6 +137,10 @@ def get_parser():
         "--class-scale", type=float, action="append", default=None,
         help="multiply the class logits (repeatable; default: 1 and 8, untrained and confident predictions)",
     )
+    parser.add_argument(
+        "--confident", type=int, default=30,
+        help="also time trained-like outputs with this many confident queries (0: skip this case)",
+    )
     parser.add_argument("--weights", default="")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
@@ -132,6 +151,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = setup_cfg(args)
+    torch.manual_seed(0)  # the same random weights every run
     model = build_model(cfg).eval()
     if args.weights:
         print(load_checkpoint(model, args.weights))
@@ -149,10 +169,14 @@ def main(argv=None):
         f"config {args.config_file} | {height}x{width} (padded {padded_size[0]}x{padded_size[1]}) | threads "
         f"{torch.get_num_threads()} | baseline {args.baseline} | {args.iters} interleaved repetitions each"
     )
+    cases = [(f"class logits x{scale:g}", outputs["pred_logits"] * scale, outputs["pred_masks"])
+             for scale in args.class_scale or [1.0, 8.0]]
+    if args.confident:
+        logits, masks = trained_like(outputs["pred_logits"], outputs["pred_masks"], args.confident)
+        cases.append((f"{args.confident} confident queries", logits, masks))
     all_identical = True
-    for scale in args.class_scale or [1.0, 8.0]:
-        pred_logits = outputs["pred_logits"] * scale
-        call = (pred_logits, outputs["pred_masks"], padded_size, image_size, height, width)
+    for case, pred_logits, pred_masks in cases:
+        call = (pred_logits, pred_masks, padded_size, image_size, height, width)
         times = {"baseline": [], "current": []}
         cpu_times = {"baseline": [], "current": []}
         with torch.inference_mode():
@@ -171,8 +195,9 @@ def main(argv=None):
         base, cur = statistics.median(times["baseline"]), statistics.median(times["current"])
         cpu_base, cpu_cur = statistics.median(cpu_times["baseline"]), statistics.median(cpu_times["current"])
         segments = results["current"].get("panoptic_seg", (None, []))[1]
+        instances = len(results["current"]["instances"]) if "instances" in results["current"] else 0
         print(
-            f"class logits x{scale:g}: {len(segments)} panoptic segments | wall: baseline {base:.4f} s, current "
+            f"{case}: {len(segments)} panoptic segments, {instances} instances | wall: baseline {base:.4f} s, current "
             f"{cur:.4f} s (median) -> {base / cur:.2f}x | process CPU time: baseline {cpu_base:.4f} s, current "
             f"{cpu_cur:.4f} s -> {cpu_base / cpu_cur:.2f}x | outputs bit-identical: {'yes' if not diffs else diffs}"
         )

@@ -18,8 +18,11 @@ formulas, checked in tests/test_inference.py and tools/benchmark_postprocess.py)
 is computed once and shared by the three inference types; the identity resize to an unchanged
 output size is skipped; panoptic inference finds each pixel's query with a running maximum over the
 kept queries only (argmax along the query dimension is slow on CPU) and counts segment areas in one
-pass; instance inference computes mask statistics once per distinct query instead of gathering
-two full-size masks per (query, class) pair.
+pass, updating preallocated buffers in place; instance inference computes binary masks, boxes and
+pixel counts once per distinct query instead of gathering two full-size masks per (query, class)
+pair, gathers booleans rather than logits, builds the float masks once (in the pairs' order: they
+are the result) and sums the probabilities inside them two masks at a time, so that no other
+full-size float temporary is made (on CPU every fresh 100 MB buffer also costs page faults).
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -161,20 +164,26 @@ def panoptic_inference(
     # Per pixel: the first kept query maximising score * mask probability (= argmax over the kept
     # queries, which returns the first maximum), and that query's own mask probability. A running
     # maximum over queries is much faster on CPU than argmax along dim 0.
-    cur_scores = scores[keep].tolist()
-    first_prob = kept_queries_prob[0]
-    best_value = cur_scores[0] * first_prob
-    owner = torch.zeros((h, w), dtype=torch.int64, device=device)
-    owner_prob = first_prob.clone()
-    original_area = [int((first_prob >= 0.5).sum())]
-    for k in range(1, len(kept_queries)):
-        prob = kept_queries_prob[k]
-        value = cur_scores[k] * prob
-        better = value > best_value
-        best_value = torch.where(better, value, best_value)
-        owner.masked_fill_(better, k)
-        owner_prob = torch.where(better, prob, owner_prob)
-        original_area.append(int((prob >= 0.5).sum()))
+    # The loop updates preallocated (H, W) buffers in place: no allocation per query (without
+    # autograd, which has no in-place outputs; nothing here is differentiable anyway).
+    with torch.no_grad():
+        cur_scores = scores[keep].tolist()
+        first_prob = kept_queries_prob[0]
+        best_value = cur_scores[0] * first_prob
+        owner = torch.zeros((h, w), dtype=torch.int64, device=device)
+        owner_prob = first_prob.clone()
+        value = torch.empty_like(first_prob)
+        better = torch.empty((h, w), dtype=torch.bool, device=device)
+        at_least_half = torch.empty_like(better)
+        original_area = [int(torch.ge(first_prob, 0.5, out=at_least_half).sum())]
+        for k in range(1, len(kept_queries)):
+            prob = kept_queries_prob[k]
+            torch.mul(prob, cur_scores[k], out=value)
+            torch.gt(value, best_value, out=better)
+            torch.where(better, value, best_value, out=best_value)
+            owner.masked_fill_(better, k)
+            torch.where(better, prob, owner_prob, out=owner_prob)
+            original_area.append(int(torch.ge(prob, 0.5, out=at_least_half).sum()))
     owner_in_mask = owner_prob >= 0.5
     num_kept = len(kept_queries)
     flat_owner = owner.flatten()
@@ -235,22 +244,34 @@ def instance_inference(
         labels_per_image = labels_per_image[keep]
         query_indices = query_indices[keep]
 
-    # Mask statistics once per distinct query, not per (query, class) pair: a query often
-    # appears with several classes, and every pass over full-size masks is costly.
+    # Binary masks, boxes and pixel counts once per distinct query (a "row"), not per (query,
+    # class) pair: a query often appears with several classes, and every pass over full-size masks
+    # is costly.
     unique_queries, position = torch.unique(query_indices, return_inverse=True)
     if len(unique_queries) == len(query_indices):
-        unique_queries, position = query_indices, None
-    in_mask = mask_pred[unique_queries] > 0
-    if mask_prob is None:
-        unique_prob = mask_pred[unique_queries].sigmoid()
+        rows, position = query_indices, None
     else:
-        unique_prob = mask_prob[unique_queries]
-    binary = in_mask.to(unique_prob.dtype)
-    flat_binary = binary.flatten(1)
-    mask_scores = (unique_prob.flatten(1) * flat_binary).sum(1) / (flat_binary.sum(1) + 1e-6)
+        rows = unique_queries
+    if 4 * len(rows) >= mask_pred.shape[0]:
+        # Gathering booleans moves a quarter of the bytes of gathering logits.
+        in_mask = (mask_pred > 0)[rows]
+    else:
+        in_mask = mask_pred[rows] > 0
     boxes = masks_to_boxes(in_mask)
+    counts = in_mask.flatten(1).sum(1)
     if position is not None:
-        binary, mask_scores, boxes = binary[position], mask_scores[position], boxes[position]
+        in_mask, boxes, counts = in_mask[position], boxes[position], counts[position]
+    binary = in_mask.to(mask_pred.dtype)
+    if mask_prob is None:
+        prob, prob_rows = mask_pred[rows].sigmoid(), position
+    else:
+        prob, prob_rows = mask_prob, query_indices
+    if len(rows) == 1:
+        # One distinct mask: its sum over a one-row tensor (split across threads), as before.
+        inside = _sum_inside(binary[:1], prob, None if prob_rows is None else prob_rows[:1]).expand(len(binary))
+    else:
+        inside = _sum_inside(binary, prob, prob_rows)
+    mask_scores = inside / (counts.to(binary.dtype) + 1e-6)
 
     result = Instances(image_size)
     result.pred_masks = binary
@@ -259,6 +280,27 @@ def instance_inference(
     result.pred_classes = labels_per_image
     return result
 
+
+def _sum_inside(binary: torch.Tensor, prob: torch.Tensor, prob_rows: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per mask, the sum of the probabilities inside it: ``binary`` (K, H, W) 0/1 masks, ``prob``
+    their probabilities at rows ``prob_rows`` (K,) (the rows in order when None).
+
+    The same bits as ``(prob[prob_rows].flatten(1) * binary.flatten(1)).sum(1)`` (and as that sum
+    over distinct rows, gathered afterwards), without the full-size temporaries: two masks at a
+    time, which stay in cache. A row's sum does not depend on the other rows of the tensor, as
+    long as the tensor has more than one (a one-row sum is split across threads): a lone last
+    row joins the block before it.
+    """
+    num_masks = binary.shape[0]
+    flat_binary, flat_prob = binary.flatten(1), prob.flatten(1)
+    sums = []
+    start = 0
+    while start < num_masks:
+        end = num_masks if num_masks - start <= 3 else start + 2
+        block = flat_prob[start:end] if prob_rows is None else flat_prob[prob_rows[start:end]]
+        sums.append((block * flat_binary[start:end]).sum(1))
+        start = end
+    return torch.cat(sums) if sums else flat_binary.new_zeros(0)
 
 def postprocess_image(
     mask_cls: torch.Tensor,

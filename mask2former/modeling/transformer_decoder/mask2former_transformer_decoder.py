@@ -207,9 +207,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             mask_features: (N, mask_dim, H, W) per-pixel embeddings.
             mask: unused (kept for the predictor interface shared with MaskFormer).
         Returns:
-            dict with "pred_logits" (N, Q, K+1), "pred_masks" (N, Q, H, W) and "aux_outputs", the
-            same for every earlier prediction (from the learnable queries, then after each layer
-            but the last).
+            dict with "pred_logits" (N, Q, K+1), "pred_masks" (N, Q, H, W) and "aux_outputs": in
+            training, the same for every earlier prediction (from the learnable queries, then
+            after each layer but the last), which the losses supervise; in eval mode an empty
+            list, since inference uses the last prediction only (the earlier ones are then
+            computed at the attended level's resolution, see :meth:`decode`).
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(
@@ -227,7 +229,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                     2, 0, 1
                 )
             )
-        return self.decode(src, pos, size_list, mask_features)
+        return self.decode(src, pos, size_list, mask_features, keep_aux=self.training)
 
     def decode(self, src, pos, size_list, mask_features, keep_aux=True):
         """The query initialisation and the masked-attention layers.
@@ -237,11 +239,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             size_list: per level, the (h, w) the attention mask of that level is resized to.
             mask_features: per-pixel embeddings, (N, mask_dim, H, W), or with any dimensions
                 between mask_dim and H, W that :meth:`mask_logits` understands.
-            keep_aux: return the earlier predictions as "aux_outputs" (else an empty list).
+            keep_aux: return the earlier predictions as "aux_outputs"; else an empty list, and
+                the earlier predictions are made at the attention masks' resolution only
+                (:meth:`_decode_final_prediction`).
         """
         bs = src[0].shape[1]
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
+
+        if not keep_aux:
+            return self._decode_final_prediction(output, query_embed, src, pos, size_list, mask_features)
 
         predictions_class = []
         predictions_mask = []
@@ -252,20 +259,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         predictions_mask.append(outputs_mask)
 
         for i in range(self.num_layers):
-            level_index = i % self.num_feature_levels
-            output = self.transformer_cross_attention_layers[i](
-                output,
-                src[level_index],
-                memory_mask=attn_mask,
-                memory_key_padding_mask=None,
-                pos=pos[level_index],
-                query_pos=query_embed,
-            )
-            output = self.transformer_self_attention_layers[i](
-                output, tgt_mask=None, tgt_key_padding_mask=None, query_pos=query_embed
-            )
-            output = self.transformer_ffn_layers[i](output)
-
+            output = self._decoder_layer(i, output, src, pos, attn_mask, query_embed)
             is_last = i == self.num_layers - 1
             outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
                 output,
@@ -273,9 +267,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 # The last prediction guides no further layer: skip its attention mask.
                 attn_mask_target_size=None if is_last else size_list[(i + 1) % self.num_feature_levels],
             )
-            if not keep_aux:
-                predictions_class.clear()
-                predictions_mask.clear()
             predictions_class.append(outputs_class)
             predictions_mask.append(outputs_mask)
 
@@ -284,6 +275,49 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "pred_masks": predictions_mask[-1],
             "aux_outputs": self._set_aux_loss(predictions_class, predictions_mask),
         }
+
+    def _decoder_layer(self, i, output, src, pos, attn_mask, query_embed):
+        level_index = i % self.num_feature_levels
+        output = self.transformer_cross_attention_layers[i](
+            output,
+            src[level_index],
+            memory_mask=attn_mask,
+            memory_key_padding_mask=None,
+            pos=pos[level_index],
+            query_pos=query_embed,
+        )
+        output = self.transformer_self_attention_layers[i](
+            output, tgt_mask=None, tgt_key_padding_mask=None, query_pos=query_embed
+        )
+        return self.transformer_ffn_layers[i](output)
+
+    def _decode_final_prediction(self, output, query_embed, src, pos, size_list, mask_features):
+        """The masked-attention layers when only the last prediction is wanted (inference).
+
+        The earlier predictions then serve only as the next layer's attention mask, at that
+        level's resolution. Bilinear resizing and the mask product are both linear maps, so they
+        commute: the pixel embeddings are resized once per level and those masks are predicted at
+        the level's size directly (a few percent of the full-resolution product). Same values in
+        exact arithmetic; in float32 a mask logit within rounding noise of 0 may fall on the
+        other side of the threshold, as in any reordering of the computation.
+        """
+        mask_dims = mask_features.shape[1:-2]
+        level_features = [
+            F.interpolate(mask_features.flatten(1, -3), size=size, mode="bilinear", align_corners=False).unflatten(
+                1, mask_dims
+            )
+            for size in size_list
+        ]
+        for i in range(self.num_layers):
+            level = level_features[i % self.num_feature_levels]
+            attn_mask = self._attention_mask(self.mask_logits(self._mask_embedding(output), level))
+            output = self._decoder_layer(i, output, src, pos, attn_mask, query_embed)
+        outputs_class, outputs_mask, _ = self.forward_prediction_heads(output, mask_features, None)
+        return {"pred_logits": outputs_class, "pred_masks": outputs_mask, "aux_outputs": []}
+
+    def _mask_embedding(self, output):
+        """Mask embeddings (N, Q, mask_dim) of the query features (Q, N, C)."""
+        return self.mask_embed(self.decoder_norm(output).transpose(0, 1))
 
     def mask_logits(self, mask_embed, mask_features):
         """Mask logits (N, Q, H, W) from query embeddings (N, Q, C) and pixel embeddings (N, C, H, W)."""
@@ -308,20 +342,23 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
         attn_mask = None
         if attn_mask_target_size is not None:
-            with torch.no_grad():
-                # Masks (N, Q, ..., H, W) with any dimensions between Q and H, W (the video
-                # decoder's frames): all of them are resized independently, then flattened into
-                # the memory's order.
-                num, num_queries = outputs_mask.shape[:2]
-                resized = F.interpolate(
-                    outputs_mask.flatten(1, -3), size=attn_mask_target_size, mode="bilinear", align_corners=False
-                )
-                attn_mask = resized.reshape(num, num_queries, -1).sigmoid() < 0.5  # (N, Q, ...*h*w)
-                # Out of place: exporters (ONNX) have no in-place boolean "and"; same values.
-                attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
-                # One copy per head, batch-major, as nn.MultiheadAttention expects.
-                attn_mask = attn_mask.repeat_interleave(self.num_heads, dim=0)
+            # Masks (N, Q, ..., H, W) with any dimensions between Q and H, W (the video decoder's
+            # frames): all of them are resized independently.
+            resized = F.interpolate(
+                outputs_mask.detach().flatten(1, -3), size=attn_mask_target_size, mode="bilinear", align_corners=False
+            )
+            attn_mask = self._attention_mask(resized.view(outputs_mask.shape[:-2] + resized.shape[-2:]))
         return outputs_class, outputs_mask, attn_mask
+
+    @torch.no_grad()
+    def _attention_mask(self, mask_logits):
+        """Cross-attention mask (N * nheads, Q, ...*h*w) from mask logits (N, Q, ..., h, w) at the
+        attended level's size, flattened into the memory's order."""
+        attn_mask = mask_logits.flatten(2).sigmoid() < 0.5
+        # Out of place: exporters (ONNX) have no in-place boolean "and"; same values.
+        attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
+        # One copy per head, batch-major, as nn.MultiheadAttention expects.
+        return attn_mask.repeat_interleave(self.num_heads, dim=0)
 
     @torch.jit.unused
     def _set_aux_loss(self, outputs_class, outputs_seg_masks):
