@@ -77,6 +77,13 @@ def _cache_lookup(cache, key, compute):
     return cache[1]
 
 
+def _identity(tensor):
+    """Storage and version of a tensor: equal as long as its values have not been replaced or
+    written in place (tensors made under torch.inference_mode carry no version; they are only
+    told apart by storage)."""
+    return tensor.data_ptr(), None if tensor.is_inference() else tensor._version
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside local windows, with a learned relative position bias."""
 
@@ -130,10 +137,9 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table
         if (torch.is_grad_enabled() and table.requires_grad) or is_exporting():
             return compute()
-        index = self.relative_position_index
-        key = (num_windows, table.device, table.dtype, table.data_ptr(), table._version, index._version)
+        key = (num_windows, table.device, table.dtype) + _identity(table) + _identity(self.relative_position_index)
         if mask is not None:
-            key += (mask.data_ptr(), mask._version, tuple(mask.shape), mask.dtype)
+            key += (tuple(mask.shape),) + _identity(mask)
         return _cache_lookup(self._bias_cache, key, compute)
 
     def forward(self, x, mask=None):
