@@ -5,11 +5,12 @@ weights load key for key. Behaviour that the checkpoints were trained with is ke
 feature maps are zero-padded to a multiple of the window size *after* the first LayerNorm, and the
 padded tokens take part in window attention (only the shifted-window regions are masked).
 
-On the CPU the blocks are arranged for speed at the same results (to float32 rounding): the zero
-padding, cyclic shift and window partition of a block are one row gather (and its inverse one
-more), the attention runs in PyTorch's fused kernel with the relative position bias and the
-shift mask added up once per input size, and the large linear layers go through oneDNN
-(`OneDNNLinear`). The unfused attention remains where gradients flow into the bias table (the fused
+On the CPU the blocks are arranged for speed at the same results (to float32 rounding): the
+token-wise projections run on the tokens rather than on the padded windows (the padding is one
+zero token per image), the zero padding, cyclic shift and window partition of a block are one row
+gather (and its inverse one more), the attention runs in PyTorch's fused kernel with the
+relative position bias and the shift mask added up once per input size, and the large linear
+layers go through oneDNN (`OneDNNLinear`). The unfused attention remains where gradients flow into the bias table (the fused
 CPU kernel has no gradient for an additive mask) and while the model is being exported.
 """
 import torch
@@ -142,15 +143,18 @@ class WindowAttention(nn.Module):
             key += (tuple(mask.shape),) + _identity(mask)
         return _cache_lookup(self._bias_cache, key, compute)
 
-    def forward(self, x, mask=None):
+    def attend(self, qkv, mask=None):
         """
+        Attention inside windows from their projected tokens, before the output projection.
+
         Args:
-            x: (num_windows * B, N, C) window tokens.
+            qkv: (num_windows * B, N, 3 * C) `self.qkv` of the window tokens.
             mask: (num_windows, N, N) additive mask (0 or -100) or None.
+        Returns: (num_windows * B, N, C)
         """
-        B_, N, C = x.shape
-        qkv = self.qkv(x).view(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        B_, N, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = qkv.view(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.attention_bias(B_, mask)
         if (bias.requires_grad and torch.is_grad_enabled()) or is_exporting():
             attn = (q * self.scale) @ k.transpose(-2, -1) + bias
@@ -159,8 +163,11 @@ class WindowAttention(nn.Module):
             dropout = self.attn_drop.p if self.training else 0.0
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
         # The fused kernel lays its output out as (B_, N, heads, head_dim): no copy here.
-        x = x.transpose(1, 2).reshape(B_, N, C)
-        return self.proj_drop(self.proj(x))
+        return x.transpose(1, 2).reshape(B_, N, C)
+
+    def forward(self, x, mask=None):
+        """(num_windows * B, N, C) window tokens -> (num_windows * B, N, C); `mask` as in `attend`."""
+        return self.proj_drop(self.proj(self.attend(self.qkv(x), mask)))
 
 
 class SwinTransformerBlock(nn.Module):
@@ -206,18 +213,19 @@ class SwinTransformerBlock(nn.Module):
 
     def window_rows(self, B, H, W, device):
         """
-        `window_token_index` for B images whose tokens lie one after another: (B * num_windows
-        * N,) `gather` and `padded` (None without padding), (B * H * W,) `scatter`. Kept for
-        the next call at the same size.
+        `window_token_index` for B images whose H * W tokens lie one after another, each image
+        followed by one zero token when the windows need padding: (B * num_windows * N,) `gather`
+        (padded positions read the image's zero token), (B * H * W,) `scatter` and whether
+        there is padding. Kept for the next call at the same size.
         """
 
         def compute():
             gather, padded, scatter = window_token_index(H, W, self.window_size, self.shift_size, device)
+            has_padding = bool(H % self.window_size or W % self.window_size)
             images = torch.arange(B, device=device)[:, None]
-            gather = (gather + images * (H * W)).reshape(-1)
+            gather = (gather.masked_fill(padded, H * W) + images * (H * W + has_padding)).reshape(-1)
             scatter = (scatter + images * padded.numel()).reshape(-1)
-            padded = padded.repeat(B) if H % self.window_size or W % self.window_size else None
-            return gather, padded, scatter
+            return gather, scatter, has_padding
 
         return _cache_lookup(self._rows_cache, (B, H, W, device), compute)
 
@@ -231,16 +239,18 @@ class SwinTransformerBlock(nn.Module):
         B, L, C = x.shape
         if L != H * W:
             raise ValueError(f"Swin block got {L} tokens for a {H}x{W} feature map")
-        gather, padded, scatter = self.window_rows(B, H, W, x.device)
-        # Zero padding, cyclic shift and window partition of the normalized tokens in one gather.
-        windows = self.norm1(x).reshape(B * L, C).index_select(0, gather)
-        if padded is not None:
-            windows.masked_fill_(padded[:, None], 0.0)
-        windows = self.attn(
-            windows.view(-1, self.window_size**2, C), mask=shift_mask if self.shift_size > 0 else None
-        )
-        # Window reverse, shift back and crop in one gather.
-        x = x + self.drop_path(windows.reshape(-1, C).index_select(0, scatter).view(B, L, C))
+        gather, scatter, has_padding = self.window_rows(B, H, W, x.device)
+        tokens = self.norm1(x)
+        if has_padding:
+            tokens = F.pad(tokens, (0, 0, 0, 1))  # the padding: a zero token, projected once
+        # The projections are per token: applied to the tokens themselves rather than to the
+        # padded windows, then zero padding, cyclic shift and window partition in one gather.
+        qkv = self.attn.qkv(tokens)
+        windows = qkv.reshape(-1, 3 * C).index_select(0, gather).view(-1, self.window_size**2, 3 * C)
+        windows = self.attn.attend(windows, mask=shift_mask if self.shift_size > 0 else None)
+        # Window reverse, shift back and crop in one gather, then the output projection.
+        attended = windows.reshape(-1, C).index_select(0, scatter).view(B, L, C)
+        x = x + self.drop_path(self.attn.proj_drop(self.attn.proj(attended)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
