@@ -299,3 +299,18 @@ def test_backbone_onednn_linear_matches_f_linear(monkeypatch):
         reference = backbone(x)
     for name in reference:
         torch.testing.assert_close(fast[name], reference[name], atol=1e-5, rtol=1e-5)
+
+
+def test_cached_bias_follows_a_new_mask_of_the_same_shape():
+    """Masks made afresh per call (as SeMask's stages do), under inference mode (no version
+    counters): 4x8 and 8x4 windows of 4 give masks of the same shape but different values."""
+    torch.manual_seed(0)
+    attn = _randomize(WindowAttention(16, (4, 4), num_heads=2)).eval()
+    x = torch.randn(2, 16, 16)
+    with torch.inference_mode():
+        for H, W in [(4, 8), (8, 4), (4, 8), (8, 4)]:
+            mask = shifted_window_mask(H, W, 4, 2, torch.device("cpu"))
+            torch.testing.assert_close(
+                attn(x, mask), _straightforward_window_attention(attn, x, mask), atol=1e-5, rtol=1e-5
+            )
+            del mask

@@ -68,13 +68,15 @@ def relative_position_index(window_size):
     return (relative[..., 0] + Wh - 1) * (2 * Ww - 1) + (relative[..., 1] + Ww - 1)
 
 
-def _cache_lookup(cache, key, compute):
+def _cache_lookup(cache, key, compute, inputs=()):
     """``compute()``, remembered in the one-entry ``cache`` (a list) under ``key``; recomputed
-    while the model is being exported, so that a recorded graph derives it from its inputs."""
+    while the model is being exported, so that a recorded graph derives it from its inputs.
+    Tensors whose identity is part of the key (`_identity`) are passed as ``inputs``: the entry
+    holds them, so that no other tensor can take their storage while it is kept."""
     if is_exporting():
         return compute()
     if not cache or cache[0] != key:
-        cache[:] = [key, compute()]
+        cache[:] = [key, compute(), inputs]
     return cache[1]
 
 
@@ -138,10 +140,11 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table
         if (torch.is_grad_enabled() and table.requires_grad) or is_exporting():
             return compute()
-        key = (num_windows, table.device, table.dtype) + _identity(table) + _identity(self.relative_position_index)
-        if mask is not None:
-            key += (tuple(mask.shape),) + _identity(mask)
-        return _cache_lookup(self._bias_cache, key, compute)
+        inputs = (table, self.relative_position_index) + (() if mask is None else (mask,))
+        key = (num_windows, table.device, table.dtype) + tuple(
+            (tuple(t.shape),) + _identity(t) for t in inputs
+        )
+        return _cache_lookup(self._bias_cache, key, compute, inputs)
 
     def attend(self, qkv, mask=None):
         """
