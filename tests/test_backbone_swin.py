@@ -8,11 +8,15 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone
 
 from mask2former import add_maskformer2_config
+from mask2former.modeling import onednn_linear as onednn_linear_module
 from mask2former.modeling.backbone.swin import (
     D2SwinTransformer,
     PatchMerging,
     SwinTransformerBlock,
+    WindowAttention,
     shifted_window_mask,
+    window_partition,
+    window_token_index,
 )
 
 
@@ -212,3 +216,101 @@ def test_absolute_position_embedding_option():
     with torch.no_grad():
         out = backbone.eval()(torch.randn(1, 3, 48, 40))
     assert out["res2"].shape == (1, 16, 12, 10)
+
+
+@pytest.mark.parametrize("H,W,ws,shift", [(9, 11, 4, 2), (8, 8, 4, 0), (3, 5, 4, 2), (14, 7, 7, 3)])
+def test_window_token_index_is_pad_roll_partition(H, W, ws, shift):
+    gather, padded, scatter = window_token_index(H, W, ws, shift, torch.device("cpu"))
+    # The straightforward way: token ids (padding -1) through F.pad, torch.roll, window_partition.
+    ids = torch.arange(H * W, dtype=torch.float32).view(1, H, W, 1)
+    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+    ids = F.pad(ids + 1, (0, 0, 0, Wp - W, 0, Hp - H)) - 1
+    ids = torch.roll(ids, shifts=(-shift, -shift), dims=(1, 2))
+    expected = window_partition(ids, ws).reshape(-1).long()
+    assert torch.equal(padded, expected < 0)
+    assert torch.equal(gather[~padded], expected[~padded])
+    assert torch.equal(gather[scatter], torch.arange(H * W))  # scatter inverts gather
+
+
+def _straightforward_window_attention(attn, x, mask):
+    """The windowed attention written out with F.linear and explicit softmax (no cache, no
+    fused kernel): bias looked up from the table, then the mask added per image."""
+    B_, N, C = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias).view(B_, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    logits = torch.einsum("bhid,bhjd->bhij", q, k) * attn.scale
+    table_rows = attn.relative_position_index.view(-1)
+    logits = logits + attn.relative_position_bias_table[table_rows].view(N, N, heads).permute(2, 0, 1)
+    if mask is not None:
+        logits = (logits.view(-1, mask.shape[0], heads, N, N) + mask[None, :, None]).view(B_, heads, N, N)
+    out = torch.einsum("bhij,bhjd->bihd", logits.softmax(-1), v).reshape(B_, N, C)
+    return F.linear(out, attn.proj.weight, attn.proj.bias)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_with_cached_bias_matches_straightforward(shifted):
+    torch.manual_seed(0)
+    attn = _randomize(WindowAttention(16, (4, 4), num_heads=2)).eval()
+    mask = shifted_window_mask(6, 10, 4, 2, torch.device("cpu")) if shifted else None  # 6 windows
+    x = torch.randn(2 * 6, 16, 16)  # two images
+    with torch.no_grad():
+        first = attn(x, mask)
+        second = attn(x, mask)  # from the cache
+        expected = _straightforward_window_attention(attn, x, mask)
+        torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+        assert torch.equal(second, first)
+        # New weights (as load_state_dict writes them) are not answered from the cache.
+        attn.relative_position_bias_table.mul_(2.0)
+        torch.testing.assert_close(attn(x, mask), _straightforward_window_attention(attn, x, mask), atol=1e-5, rtol=1e-5)
+    # With gradients into the table: the unfused formula, same values and a gradient for the table.
+    out = attn(x, mask)
+    torch.testing.assert_close(out.detach(), _straightforward_window_attention(attn, x, mask).detach(), atol=1e-5, rtol=1e-5)
+    out.square().sum().backward()
+    table_grad = attn.relative_position_bias_table.grad.clone()
+    attn.zero_grad()
+    _straightforward_window_attention(attn, x, mask).square().sum().backward()
+    torch.testing.assert_close(table_grad, attn.relative_position_bias_table.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_block_gradients_match_naive_full_attention():
+    torch.manual_seed(0)
+    block = _randomize(SwinTransformerBlock(dim=8, num_heads=2, window_size=4, shift_size=2)).train()
+    H, W = 9, 11
+    mask = shifted_window_mask(H, W, 4, 2, torch.device("cpu"))
+    grads = []
+    for compute in (lambda x: block(x, H, W, mask), lambda x: _naive_block(block, x, H, W)):
+        x = torch.randn(2, H * W, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        block.zero_grad()
+        compute(x).square().sum().backward()
+        grads.append([x.grad] + [p.grad.clone() for p in block.parameters()])
+    for actual, expected in zip(*grads):
+        torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_backbone_onednn_linear_matches_f_linear(monkeypatch):
+    """The dense layers through oneDNN (>= MIN_ROWS rows) against F.linear everywhere."""
+    torch.manual_seed(0)
+    backbone = build_backbone(_tiny_cfg()).eval()
+    x = torch.randn(1, 3, 136, 164)  # 34 x 41 = 1394 tokens in the first stage: oneDNN's
+    with torch.no_grad():
+        fast = backbone(x)
+        monkeypatch.setattr(onednn_linear_module, "MIN_ROWS", 1 << 40)
+        reference = backbone(x)
+    for name in reference:
+        torch.testing.assert_close(fast[name], reference[name], atol=1e-5, rtol=1e-5)
+
+
+def test_cached_bias_follows_a_new_mask_of_the_same_shape():
+    """Masks made afresh per call (as SeMask's stages do), under inference mode (no version
+    counters): 4x8 and 8x4 windows of 4 give masks of the same shape but different values."""
+    torch.manual_seed(0)
+    attn = _randomize(WindowAttention(16, (4, 4), num_heads=2)).eval()
+    x = torch.randn(2, 16, 16)
+    with torch.inference_mode():
+        for H, W in [(4, 8), (8, 4), (4, 8), (8, 4)]:
+            mask = shifted_window_mask(H, W, 4, 2, torch.device("cpu"))
+            torch.testing.assert_close(
+                attn(x, mask), _straightforward_window_attention(attn, x, mask), atol=1e-5, rtol=1e-5
+            )
+            del mask

@@ -4,6 +4,14 @@ Parameter and buffer names follow the official Swin / Mask2Former checkpoints so
 weights load key for key. Behaviour that the checkpoints were trained with is kept on purpose:
 feature maps are zero-padded to a multiple of the window size *after* the first LayerNorm, and the
 padded tokens take part in window attention (only the shifted-window regions are masked).
+
+On the CPU the blocks are arranged for speed at the same results (to float32 rounding): the
+token-wise projections run on the tokens rather than on the padded windows (the padding is one
+zero token per image), the zero padding, cyclic shift and window partition of a block are one row
+gather (and its inverse one more), the attention runs in PyTorch's fused kernel with the
+relative position bias and the shift mask added up once per input size, and the large linear
+layers go through oneDNN (`OneDNNLinear`). The unfused attention remains where gradients flow into the bias table (the fused
+CPU kernel has no gradient for an additive mask) and while the model is being exported.
 """
 import torch
 import torch.nn.functional as F
@@ -14,6 +22,9 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from timm.layers import DropPath, trunc_normal_
 
+from ..onednn_linear import OneDNNLinear
+from ..pixel_decoder.ops.functions import is_exporting
+
 __all__ = ["SwinTransformer", "D2SwinTransformer"]
 
 # Additive bias that removes attention between tokens of different shifted-window regions.
@@ -23,9 +34,9 @@ _SHIFT_MASK_VALUE = -100.0
 class Mlp(nn.Module):
     def __init__(self, in_features, hidden_features, drop=0.0):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = OneDNNLinear(in_features, hidden_features)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.fc2 = OneDNNLinear(hidden_features, in_features)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
@@ -57,6 +68,25 @@ def relative_position_index(window_size):
     return (relative[..., 0] + Wh - 1) * (2 * Ww - 1) + (relative[..., 1] + Ww - 1)
 
 
+def _cache_lookup(cache, key, compute, inputs=()):
+    """``compute()``, remembered in the one-entry ``cache`` (a list) under ``key``; recomputed
+    while the model is being exported, so that a recorded graph derives it from its inputs.
+    Tensors whose identity is part of the key (`_identity`) are passed as ``inputs``: the entry
+    holds them, so that no other tensor can take their storage while it is kept."""
+    if is_exporting():
+        return compute()
+    if not cache or cache[0] != key:
+        cache[:] = [key, compute(), inputs]
+    return cache[1]
+
+
+def _identity(tensor):
+    """Storage and version of a tensor: equal as long as its values have not been replaced or
+    written in place (tensors made under torch.inference_mode carry no version; they are only
+    told apart by storage)."""
+    return tensor.data_ptr(), None if tensor.is_inference() else tensor._version
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside local windows, with a learned relative position bias."""
 
@@ -77,11 +107,12 @@ class WindowAttention(nn.Module):
         # Persistent: it is part of the official checkpoints.
         self.register_buffer("relative_position_index", relative_position_index(window_size))
 
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = OneDNNLinear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = OneDNNLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self._bias_cache = []
 
     def relative_position_bias(self):
         """(num_heads, N, N) bias, N = Wh*Ww."""
@@ -89,25 +120,57 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(N, N, -1).permute(2, 0, 1)
 
-    def forward(self, x, mask=None):
+    def attention_bias(self, num_windows, mask=None):
         """
+        The additive attention bias of `num_windows` windows (images after one another):
+        (1, num_heads, N, N), the relative position bias of every window, or with a
+        (windows_per_image, N, N) shift mask (num_windows, num_heads, N, N), bias + mask.
+
+        Without gradients into the table it depends only on the parameters, the mask and the
+        number of windows, and is kept for the next call with the same ones (same input size).
+        """
+
+        def compute():
+            bias = self.relative_position_bias().unsqueeze(0)
+            if mask is None:
+                return bias
+            combined = bias + mask.unsqueeze(1)
+            return combined.repeat(num_windows // mask.shape[0], 1, 1, 1)
+
+        table = self.relative_position_bias_table
+        if (torch.is_grad_enabled() and table.requires_grad) or is_exporting():
+            return compute()
+        inputs = (table, self.relative_position_index) + (() if mask is None else (mask,))
+        key = (num_windows, table.device, table.dtype) + tuple(
+            (tuple(t.shape),) + _identity(t) for t in inputs
+        )
+        return _cache_lookup(self._bias_cache, key, compute, inputs)
+
+    def attend(self, qkv, mask=None):
+        """
+        Attention inside windows from their projected tokens, before the output projection.
+
         Args:
-            x: (num_windows * B, N, C) window tokens.
+            qkv: (num_windows * B, N, 3 * C) `self.qkv` of the window tokens.
             mask: (num_windows, N, N) additive mask (0 or -100) or None.
+        Returns: (num_windows * B, N, C)
         """
-        B_, N, C = x.shape
-        qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn = (q * self.scale) @ k.transpose(-2, -1) + self.relative_position_bias().unsqueeze(0)
-        if mask is not None:
-            num_windows = mask.shape[0]
-            attn = attn.view(B_ // num_windows, num_windows, self.num_heads, N, N) + mask.unsqueeze(
-                1
-            ).unsqueeze(0)
-            attn = attn.view(-1, self.num_heads, N, N)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(B_, N, C)
-        return self.proj_drop(self.proj(x))
+        B_, N, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = qkv.view(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.attention_bias(B_, mask)
+        if (bias.requires_grad and torch.is_grad_enabled()) or is_exporting():
+            attn = (q * self.scale) @ k.transpose(-2, -1) + bias
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        else:
+            dropout = self.attn_drop.p if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
+        # The fused kernel lays its output out as (B_, N, heads, head_dim): no copy here.
+        return x.transpose(1, 2).reshape(B_, N, C)
+
+    def forward(self, x, mask=None):
+        """(num_windows * B, N, C) window tokens -> (num_windows * B, N, C); `mask` as in `attend`."""
+        return self.proj_drop(self.proj(self.attend(self.qkv(x), mask)))
 
 
 class SwinTransformerBlock(nn.Module):
@@ -149,6 +212,25 @@ class SwinTransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self._rows_cache = []
+
+    def window_rows(self, B, H, W, device):
+        """
+        `window_token_index` for B images whose H * W tokens lie one after another, each image
+        followed by one zero token when the windows need padding: (B * num_windows * N,) `gather`
+        (padded positions read the image's zero token), (B * H * W,) `scatter` and whether
+        there is padding. Kept for the next call at the same size.
+        """
+
+        def compute():
+            gather, padded, scatter = window_token_index(H, W, self.window_size, self.shift_size, device)
+            has_padding = bool(H % self.window_size or W % self.window_size)
+            images = torch.arange(B, device=device)[:, None]
+            gather = (gather.masked_fill(padded, H * W) + images * (H * W + has_padding)).reshape(-1)
+            scatter = (scatter + images * padded.numel()).reshape(-1)
+            return gather, scatter, has_padding
+
+        return _cache_lookup(self._rows_cache, (B, H, W, device), compute)
 
     def forward(self, x, H, W, shift_mask):
         """
@@ -160,30 +242,18 @@ class SwinTransformerBlock(nn.Module):
         B, L, C = x.shape
         if L != H * W:
             raise ValueError(f"Swin block got {L} tokens for a {H}x{W} feature map")
-        ws = self.window_size
-        shortcut = x
-        x = self.norm1(x).view(B, H, W, C)
-
-        pad_r = (ws - W % ws) % ws
-        pad_b = (ws - H % ws) % ws
-        if pad_r or pad_b:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = H + pad_b, W + pad_r
-
-        if self.shift_size > 0:
-            x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-            attn_mask = shift_mask
-        else:
-            attn_mask = None
-
-        windows = self.attn(window_partition(x, ws), mask=attn_mask)
-        x = window_reverse(windows, ws, Hp, Wp)
-
-        if self.shift_size > 0:
-            x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
-        if pad_r or pad_b:
-            x = x[:, :H, :W, :]
-        x = shortcut + self.drop_path(x.reshape(B, H * W, C))
+        gather, scatter, has_padding = self.window_rows(B, H, W, x.device)
+        tokens = self.norm1(x)
+        if has_padding:
+            tokens = F.pad(tokens, (0, 0, 0, 1))  # the padding: a zero token, projected once
+        # The projections are per token: applied to the tokens themselves rather than to the
+        # padded windows, then zero padding, cyclic shift and window partition in one gather.
+        qkv = self.attn.qkv(tokens)
+        windows = qkv.reshape(-1, 3 * C).index_select(0, gather).view(-1, self.window_size**2, 3 * C)
+        windows = self.attn.attend(windows, mask=shift_mask if self.shift_size > 0 else None)
+        # Window reverse, shift back and crop in one gather, then the output projection.
+        attended = windows.reshape(-1, C).index_select(0, scatter).view(B, L, C)
+        x = x + self.drop_path(self.attn.proj_drop(self.attn.proj(attended)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -193,7 +263,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim, norm_layer=nn.LayerNorm):
         super().__init__()
         self.dim = dim
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = OneDNNLinear(4 * dim, 2 * dim, bias=False)
         self.norm = norm_layer(4 * dim)
 
     def forward(self, x, H, W):
@@ -230,6 +300,35 @@ def shifted_window_mask(H, W, window_size, shift_size, device):
     region = window_partition(region, window_size).squeeze(-1)  # (num_windows, N)
     different = region.unsqueeze(1) != region.unsqueeze(2)
     return torch.zeros(different.shape, device=device).masked_fill_(different, _SHIFT_MASK_VALUE)
+
+
+def window_token_index(H, W, window_size, shift_size, device):
+    """
+    How a block arranges its tokens in windows. The (H, W) map is zero-padded at the bottom and
+    right to multiples of window_size, cyclically shifted by -shift_size along both axes and cut
+    into windows (in `window_partition`'s order). Returns, for every window position,
+    (num_windows * N,) `gather`, the row-major index of its token in the H x W map (0 for
+    padding) and `padded`, whether it holds padding; and for every token, (H * W,) `scatter`,
+    its window position.
+    """
+    Hp = -(-H // window_size) * window_size
+    Wp = -(-W // window_size) * window_size
+    # Position r of the shifted map holds position (r + shift) mod Hp of the padded one.
+    rows = (torch.arange(Hp, device=device) + shift_size) % Hp
+    cols = (torch.arange(Wp, device=device) + shift_size) % Wp
+    padded = (rows[:, None] >= H) | (cols[None, :] >= W)
+    source = (rows[:, None] * W + cols[None, :]).masked_fill(padded, 0)
+
+    def partition(grid):
+        return window_partition(grid[None, :, :, None], window_size).reshape(-1)
+
+    # And token (r, c) lands at ((r - shift) mod Hp, (c - shift) mod Wp) of the shifted map.
+    rows = (torch.arange(H, device=device) - shift_size) % Hp
+    cols = (torch.arange(W, device=device) - shift_size) % Wp
+    window = (rows // window_size)[:, None] * (Wp // window_size) + (cols // window_size)[None, :]
+    offset = (rows % window_size)[:, None] * window_size + (cols % window_size)[None, :]
+    scatter = window * window_size**2 + offset
+    return partition(source), partition(padded), scatter.reshape(-1)
 
 
 class BasicLayer(nn.Module):
@@ -275,13 +374,17 @@ class BasicLayer(nn.Module):
             ]
         )
         self.downsample = downsample(dim=dim, norm_layer=norm_layer) if downsample is not None else None
+        self._mask_cache = []
 
     def forward(self, x, H, W):
         """Returns (stage output, H, W, input of the next stage, its H, its W)."""
         shift_mask = None
         if self.depth > 1:
-            shift_mask = shifted_window_mask(H, W, self.window_size, self.shift_size, x.device)
-            shift_mask = shift_mask.to(x.dtype)
+            shift_mask = _cache_lookup(
+                self._mask_cache,
+                (H, W, x.device, x.dtype),
+                lambda: shifted_window_mask(H, W, self.window_size, self.shift_size, x.device).to(x.dtype),
+            )
         for blk in self.blocks:
             if self.use_checkpoint and self.training:
                 x = checkpoint.checkpoint(blk, x, H, W, shift_mask, use_reentrant=False)
