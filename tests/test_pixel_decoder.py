@@ -161,7 +161,7 @@ def _plain_path(monkeypatch, decoder):
     every linear layer through F.linear (MKL's GEMM), position maps computed on every call."""
     monkeypatch.setattr(onednn_linear_module, "_use_onednn", lambda x: False)
     monkeypatch.setattr(decoder, "_conv_layout", lambda x: x)
-    monkeypatch.setattr(decoder, "_position_map", decoder.pe_layer)
+    monkeypatch.setattr(decoder, "_position_maps", lambda maps: [decoder.pe_layer(x) for x in maps])
 
 
 def _fast_path_decoder():
@@ -212,13 +212,14 @@ def test_msdeformattn_fast_path_gradients_match_plain_path(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
-def test_msdeformattn_position_maps_are_cached_per_size():
+def test_msdeformattn_position_maps_are_cached_for_the_latest_sizes():
     torch.manual_seed(0)
     decoder = build_pixel_decoder(_cfg("MSDeformAttnPixelDecoder"), SHAPES)
-    for h, w in [(5, 7), (6, 4), (5, 7)]:
-        x = torch.randn(2, 3, h, w)
-        got = decoder._position_map(x)
-        assert got is decoder._position_map(x)
-        torch.testing.assert_close(got, decoder.pe_layer(x)[:1], rtol=0, atol=0)
-    assert len(decoder._position_cache) == 2
+    for sizes in [[(5, 7), (3, 4)], [(6, 4), (3, 2)], [(5, 7), (3, 4)]]:
+        maps = [torch.randn(2, 3, h, w) for h, w in sizes]
+        got = decoder._position_maps(maps)
+        again = decoder._position_maps([torch.randn(1, 3, h, w) for h, w in sizes])
+        assert all(a is b for a, b in zip(got, again))
+        for x, position in zip(maps, got):
+            torch.testing.assert_close(position, decoder.pe_layer(x)[:1], rtol=0, atol=0)
     assert not any("position" in k for k in decoder.state_dict())

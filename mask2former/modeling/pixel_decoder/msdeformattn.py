@@ -230,9 +230,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
             enc_n_points=_ENCODER_N_POINTS,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
-        # Position maps per (height, width, device): without padding masks they depend on nothing
-        # else, so each size is computed once (a constant, not state: not in the state dict).
-        self._position_cache = {}
+        # The position maps of the latest input's level sizes and device: without padding masks
+        # they depend on nothing else. One entry only, so that inputs of ever new sizes (evaluation
+        # at original image sizes) do not accumulate maps. Not state: not in the state dict.
+        self._position_cache = (None, None)
 
         self.mask_dim = mask_dim
         self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1, stride=1, padding=0)
@@ -273,16 +274,18 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "common_stride": head.COMMON_STRIDE,
         }
 
-    def _position_map(self, x):
-        """The (1, conv_dim, H, W) sine position map of x's size, channels last (so that it
-        flattens to tokens without a copy), the same for every image of the batch."""
+    def _position_maps(self, maps):
+        """The sine position map of each map's size, (1, conv_dim, H, W) channels last (so that it
+        flattens to tokens without a copy): the same for every image of the batch, and recomputed
+        only when the sizes change."""
         if is_exporting():
-            # An exported graph computes it from the input's shape.
-            return self.pe_layer(x)
-        key = (*x.shape[-2:], x.device)
-        if key not in self._position_cache:
-            self._position_cache[key] = self.pe_layer(x)[:1].contiguous(memory_format=torch.channels_last)
-        return self._position_cache[key]
+            # An exported graph computes them from the input's shape.
+            return [self.pe_layer(x) for x in maps]
+        key = (maps[0].device, tuple(tuple(x.shape[-2:]) for x in maps))
+        if self._position_cache[0] != key:
+            positions = [self.pe_layer(x)[:1].contiguous(memory_format=torch.channels_last) for x in maps]
+            self._position_cache = (key, positions)
+        return self._position_cache[1]
 
     def _conv_layout(self, x):
         """On the CPU, maps enter the convolutions channels last: oneDNN's kernels run faster on it
@@ -300,15 +303,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
             the encoder output at the coarsest level (N, conv_dim, h, w),
             multi_scale_features: the 3 coarsest outputs, low to high resolution.
         """
-        srcs = []
-        pos = []
         # Encoder levels from low to high resolution. Deformable attention runs in fp32.
-        for idx, f in enumerate(self.transformer_in_features[::-1]):
-            x = self._conv_layout(features[f].float())
-            srcs.append(self.input_proj[idx](x))
-            pos.append(self._position_map(x))
+        maps = [self._conv_layout(features[f].float()) for f in self.transformer_in_features[::-1]]
+        srcs = [proj(x) for proj, x in zip(self.input_proj, maps)]
 
-        y, spatial_shapes, level_start_index = self.transformer(srcs, pos)
+        y, spatial_shapes, level_start_index = self.transformer(srcs, self._position_maps(maps))
         bs = y.shape[0]
 
         sizes = [tuple(src.shape[2:]) for src in srcs]
