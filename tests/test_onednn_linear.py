@@ -84,3 +84,17 @@ def test_module_keeps_nn_linear_parameters_and_state_dict():
     assert isinstance(fast, nn.Linear) and list(fast.state_dict()) == ["weight", "bias"]
     x = torch.randn(4, MIN_ROWS // 2, 32)
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_rows_in_give_a_fresh_tensor_that_may_be_modified_in_place():
+    torch.manual_seed(0)
+    x = torch.randn(MIN_ROWS, 32, requires_grad=True)
+    w = torch.randn(16, 32, requires_grad=True)
+    out = onednn_linear(x, w)
+    assert out._base is None
+    residual = torch.randn(MIN_ROWS, 16)
+    grad = torch.randn(MIN_ROWS, 16)
+    got = torch.autograd.grad(out.add_(residual).relu_(), (x, w), grad)
+    masked = grad * (F.linear(x.detach(), w.detach()) + residual > 0)
+    torch.testing.assert_close(got[0], masked @ w.detach(), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(got[1], masked.t() @ x.detach(), rtol=1e-4, atol=1e-3)

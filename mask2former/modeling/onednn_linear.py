@@ -102,7 +102,8 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias=None, relu: bool =
         out = _OneDNNLinearFunction.apply(rows, weight, bias, relu)
     else:
         out = _linear_pointwise(rows, weight, bias, relu)
-    return out.view(*x.shape[:-1], out_features)
+    # Rows in, the fresh tensor out: in place on a view of it, autograd would copy its gradient.
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], out_features)
 
 
 class OneDNNLinear(nn.Linear):
