@@ -52,7 +52,7 @@ def _linear_pointwise(rows, weight, bias, relu):
 
 class _OneDNNLinearFunction(torch.autograd.Function):
     """relu?(rows @ weight.T + bias) for (M, K) contiguous rows, by oneDNN's linear primitive (a
-    fresh (M, N) tensor, so that callers may add into it in place); the backward takes each of its
+    fresh (M, N) tensor, that callers may add into in place without relu); the backward takes each of its
     products from the faster kernel (see the module docstring)."""
 
     @staticmethod
@@ -89,8 +89,9 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias=None, relu: bool =
     """``F.linear(x, weight, bias)`` (followed by a ReLU with ``relu=True``), through oneDNN when
     that is faster (see the module docstring).
 
-    Differentiable like ``F.linear``; the result has x's leading dimensions and is a fresh
-    contiguous tensor (not a view), which callers may modify in place.
+    Differentiable like ``F.linear``; the result has x's leading dimensions and is contiguous. For
+    2-D x it is the fresh product itself, not a view, which callers may modify in place (except,
+    under autograd, the output of ``relu=True``: the ReLU's gradient reads it).
     """
     if not _use_onednn(x):
         out = F.linear(x, weight, bias)
