@@ -31,14 +31,49 @@ def test_matches_f_linear_forward_and_backward(shape, bias):
 
 def test_large_inputs_take_the_onednn_path_and_small_ones_f_linear(monkeypatch):
     calls = []
-    real_conv2d = F.conv2d
-    monkeypatch.setattr(F, "conv2d", lambda *a, **k: calls.append(1) or real_conv2d(*a, **k))
+    real_linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a, **k: calls.append(a[0].shape) or real_linear(*a, **k))
     w = torch.randn(8, 16)
     onednn_linear(torch.randn(MIN_ROWS, 16), w)
-    assert calls == [1]
+    onednn_linear(torch.randn(MIN_ROWS, 16, requires_grad=True), w)
+    assert calls == []
     onednn_linear(torch.randn(MIN_ROWS - 1, 16), w)
     onednn_linear(torch.randn(MIN_ROWS, 16, dtype=torch.float64), w.double())
-    assert calls == [1]
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("grad_mode", ["no_grad", "autograd"])
+@pytest.mark.parametrize("shape", [(MIN_ROWS + 5, 64), (3, 5, 64)])
+def test_relu_matches_f_linear_then_relu(grad_mode, shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    w = torch.randn(96, 64, requires_grad=grad_mode == "autograd")
+    b = torch.randn(96)
+    ref = F.linear(x, w.detach(), b).relu()
+    with torch.set_grad_enabled(grad_mode == "autograd"):
+        out = onednn_linear(x, w, b, relu=True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    if grad_mode == "autograd":
+        grad = torch.randn_like(out)
+        (got,) = torch.autograd.grad(out, w, grad)
+        w2 = w.detach().clone().requires_grad_()
+        (want,) = torch.autograd.grad(F.linear(x, w2, b).relu(), w2, grad)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_gradients_of_a_non_contiguous_input_and_of_the_weight_only():
+    torch.manual_seed(0)
+    base = torch.randn(MIN_ROWS, 2, 32, requires_grad=True)
+    x = base[:, 1]  # every other row of 32: reshaping copies
+    w = torch.randn(16, 32, requires_grad=True)
+    b = torch.randn(16)  # no gradient asked for the bias
+    grad = torch.randn(MIN_ROWS, 16)
+    got = torch.autograd.grad(onednn_linear(x, w, b), (base, w), grad)
+    ref_grad_w = grad.t() @ x.detach()
+    ref_grad_x = torch.zeros_like(base)
+    ref_grad_x[:, 1] = grad @ w.detach()
+    torch.testing.assert_close(got[0], ref_grad_x, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(got[1], ref_grad_w, rtol=1e-4, atol=1e-3)
 
 
 def test_module_keeps_nn_linear_parameters_and_state_dict():
@@ -49,3 +84,17 @@ def test_module_keeps_nn_linear_parameters_and_state_dict():
     assert isinstance(fast, nn.Linear) and list(fast.state_dict()) == ["weight", "bias"]
     x = torch.randn(4, MIN_ROWS // 2, 32)
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_rows_in_give_a_fresh_tensor_that_may_be_modified_in_place():
+    torch.manual_seed(0)
+    x = torch.randn(MIN_ROWS, 32, requires_grad=True)
+    w = torch.randn(16, 32, requires_grad=True)
+    out = onednn_linear(x, w)
+    assert out._base is None
+    residual = torch.randn(MIN_ROWS, 16)
+    grad = torch.randn(MIN_ROWS, 16)
+    got = torch.autograd.grad(out.add_(residual).relu_(), (x, w), grad)
+    masked = grad * (F.linear(x.detach(), w.detach()) + residual > 0)
+    torch.testing.assert_close(got[0], masked @ w.detach(), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(got[1], masked.t() @ x.detach(), rtol=1e-4, atol=1e-3)

@@ -8,6 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 
 from mask2former import add_maskformer2_config
+from mask2former.modeling import onednn_linear as onednn_linear_module
 from mask2former.modeling.pixel_decoder import build_pixel_decoder
 from mask2former.modeling.pixel_decoder.msdeformattn import MSDeformAttnTransformerEncoder
 
@@ -153,3 +154,72 @@ def test_in_features_missing_from_backbone_is_an_error(name):
     shapes = {k: v for k, v in SHAPES.items() if k != "res2"}  # e.g. Swin with OUT_FEATURES res3-res5
     with pytest.raises(ValueError, match="res2"):
         build_pixel_decoder(_cfg(name), shapes)
+
+
+def _plain_path(monkeypatch, decoder):
+    """The deformable pixel decoder without its CPU fast paths: maps in the layout they come in,
+    every linear layer through F.linear (MKL's GEMM), position maps computed on every call."""
+    monkeypatch.setattr(onednn_linear_module, "_use_onednn", lambda x: False)
+    monkeypatch.setattr(decoder, "_conv_layout", lambda x: x)
+    monkeypatch.setattr(decoder, "_position_maps", lambda maps: [decoder.pe_layer(x) for x in maps])
+
+
+def _fast_path_decoder():
+    torch.manual_seed(0)
+    decoder = build_pixel_decoder(_cfg("MSDeformAttnPixelDecoder", TRANSFORMER_ENC_LAYERS=2), SHAPES)
+    with torch.no_grad():  # non-zero offsets and attention logits, so that every weight matters
+        for p in decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    # 256x320: 1,680 encoder tokens, enough rows for the oneDNN products (onednn_linear.MIN_ROWS).
+    return decoder, _features(h=256, w=320)
+
+
+def test_msdeformattn_fast_path_matches_plain_path(monkeypatch):
+    decoder, features = _fast_path_decoder()
+    decoder.eval()
+    with torch.no_grad():
+        fast = decoder.forward_features(features)
+        fast_again = decoder.forward_features(features)  # cached position maps
+        assert fast[0].is_contiguous(memory_format=torch.channels_last)
+        _plain_path(monkeypatch, decoder)
+        plain = decoder.forward_features(features)
+    assert not plain[0].is_contiguous(memory_format=torch.channels_last)
+    for got, again, want in zip([fast[0], fast[1], *fast[2]], [fast_again[0], fast_again[1], *fast_again[2]], [plain[0], plain[1], *plain[2]]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(again, got, rtol=0, atol=0)
+
+
+def test_msdeformattn_fast_path_gradients_match_plain_path(monkeypatch):
+    decoder, features = _fast_path_decoder()
+    decoder.train()
+
+    def grads():
+        inputs = {k: v.clone().requires_grad_() for k, v in features.items()}
+        mask_features, encoder_features, multi_scale = decoder.forward_features(inputs)
+        g = torch.Generator().manual_seed(1)
+        loss = sum((t * torch.randn(t.shape, generator=g)).sum() for t in [mask_features, encoder_features, *multi_scale])
+        params = [p for _, p in decoder.named_parameters()]
+        return torch.autograd.grad(loss, params + list(inputs.values()))
+
+    fast = grads()
+    _plain_path(monkeypatch, decoder)
+    plain = grads()
+    names = [n for n, _ in decoder.named_parameters()] + list(features)
+    # Some gradients are zero but for rounding (e.g. of a conv bias that a one-channel group norm
+    # removes): absolute tolerances scale with the largest gradient.
+    atol = 1e-6 * max(want.abs().max().item() for want in plain)
+    for name, got, want in zip(names, fast, plain):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def test_msdeformattn_position_maps_are_cached_for_the_latest_sizes():
+    torch.manual_seed(0)
+    decoder = build_pixel_decoder(_cfg("MSDeformAttnPixelDecoder"), SHAPES)
+    for sizes in [[(5, 7), (3, 4)], [(6, 4), (3, 2)], [(5, 7), (3, 4)]]:
+        maps = [torch.randn(2, 3, h, w) for h, w in sizes]
+        got = decoder._position_maps(maps)
+        again = decoder._position_maps([torch.randn(1, 3, h, w) for h, w in sizes])
+        assert all(a is b for a, b in zip(got, again))
+        for x, position in zip(maps, got):
+            torch.testing.assert_close(position, decoder.pe_layer(x)[:1], rtol=0, atol=0)
+    assert not any("position" in k for k in decoder.state_dict())

@@ -2,12 +2,19 @@
 
 On the CPU, ``F.linear`` goes to MKL's GEMM. For the token-heavy layers of this project (thousands
 of rows: the deformable encoder's projections and FFN, Swin's MLPs and projections) oneDNN's
-convolution kernels are faster at the same product: a linear layer over M rows of K features is a
-1x1 convolution over an (M x 1) image with K channels, and with the channels last in memory the
-rows need no reordering. Side by side on the 2-core CPU (``tools/benchmark_linear.py``) that
-runs at 1.2-1.5x the GEMM rate for forward, 1.1-1.2x forward + backward, with results equal to
-float32 rounding (a different summation order, not bit-identical).
+kernels are faster at the same product: a linear layer over M rows of K features is a 1x1
+convolution over an (M x 1) image with K channels, and with the channels last in memory the rows
+need no reordering. Measured on the 2-core CPU (``tools/benchmark_linear.py``, process CPU time):
 
+- forward: oneDNN's linear primitive (``torch.ops.mkldnn._linear_pointwise``, the same kernels as
+  the 1x1 convolution) runs at 1.2-1.7x the GEMM rate, with no bias broadcast copy before the
+  product either (GEMM's addmm first writes the bias into every output row), and can apply a ReLU
+  in the same pass (``relu=True``: 1.2x faster than the product followed by a ReLU);
+- backward: the input gradient is faster as oneDNN's backward-data convolution, the weight
+  gradient as a GEMM (oneDNN's backward-weights convolution is up to 1.8x slower on these shapes),
+  so :class:`_OneDNNLinearFunction` takes each product from the faster kernel.
+
+Results equal ``F.linear`` to float32 rounding (a different summation order, not bit-identical).
 Small inputs (the transformer decoder's 100 queries), other devices and dtypes, and tracing or
 export keep ``F.linear``: there GEMM is as fast or faster, and an exported graph should show a
 plain matrix product.
@@ -15,6 +22,7 @@ plain matrix product.
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["OneDNNLinear", "onednn_linear", "MIN_ROWS"]
 
@@ -25,25 +33,78 @@ MIN_ROWS = 1024
 def _use_onednn(x: torch.Tensor) -> bool:
     if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
         return False
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False
     return x.numel() >= MIN_ROWS * x.shape[-1]
 
 
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, through oneDNN when that is faster (see the module docstring).
+def _as_image(rows: torch.Tensor) -> torch.Tensor:
+    """(M, K) contiguous rows as the (1, K, M, 1) image with channel stride 1 (channels last) that
+    oneDNN's convolution reads without a reorder."""
+    return rows.view(1, -1, 1, rows.shape[1]).permute(0, 3, 1, 2)
 
-    Differentiable like ``F.linear``; the result has x's leading dimensions and is contiguous.
+
+def _linear_pointwise(rows, weight, bias, relu):
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "relu" if relu else "none", [], "")
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """relu?(rows @ weight.T + bias) for (M, K) contiguous rows, by oneDNN's linear primitive (a
+    fresh (M, N) tensor, that callers may add into in place without relu); the backward takes each of its
+    products from the faster kernel (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, rows, weight, bias, relu):
+        out = _linear_pointwise(rows, weight, bias, relu)
+        # With the ReLU fused, its gradient needs the output (where it is positive).
+        ctx.save_for_backward(rows, weight, out if relu else None)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        rows, weight, out = ctx.saved_tensors
+        grad = grad.contiguous()
+        if out is not None:
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
+        grad_rows = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # The input gradient of the 1x1 convolution over the rows' image: grad @ weight.
+            grad_image = torch.ops.aten.convolution_backward(
+                _as_image(grad), _as_image(rows), weight[:, :, None, None], None,
+                [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False],
+            )[0]
+            grad_rows = grad_image.permute(0, 2, 3, 1).reshape(rows.shape)
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad.t().mm(rows)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_rows, grad_weight, grad_bias, None
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias=None, relu: bool = False) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` (followed by a ReLU with ``relu=True``), through oneDNN when
+    that is faster (see the module docstring).
+
+    Differentiable like ``F.linear``; the result has x's leading dimensions and is contiguous. For
+    2-D x it is the fresh product itself, not a view, which callers may modify in place (except,
+    under autograd, the output of ``relu=True``: the ReLU's gradient reads it).
     """
     if not _use_onednn(x):
-        return F.linear(x, weight, bias)
+        out = F.linear(x, weight, bias)
+        return out.relu_() if relu else out
     out_features, in_features = weight.shape
-    lead = x.shape[:-1]
-    rows = x.reshape(1, -1, 1, in_features)
-    # (1, K, M, 1) with channel stride 1: the channels-last layout oneDNN reads without a reorder.
-    image = rows.permute(0, 3, 1, 2)
-    out = F.conv2d(image, weight.view(out_features, in_features, 1, 1), bias)
-    return out.permute(0, 2, 3, 1).reshape(*lead, out_features)
+    rows = x.reshape(-1, in_features).contiguous()
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if needs_grad:
+        out = _OneDNNLinearFunction.apply(rows, weight, bias, relu)
+    else:
+        out = _linear_pointwise(rows, weight, bias, relu)
+    # Rows in, the fresh tensor out: in place on a view of it, autograd would copy its gradient.
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], out_features)
 
 
 class OneDNNLinear(nn.Linear):

@@ -13,10 +13,11 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
+from ..onednn_linear import OneDNNLinear, onednn_linear
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from ..transformer_decoder.transformer import activation_fn, xavier_init_matrices
 from .fpn import build_fpn_level_convs, select_input_shapes
-from .ops.functions import level_sizes
+from .ops.functions import is_exporting, level_sizes
 from .ops.modules import MSDeformAttn
 
 __all__ = ["MSDeformAttnTransformerEncoderOnly", "MSDeformAttnPixelDecoder"]
@@ -39,10 +40,10 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
 
-        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.linear1 = OneDNNLinear(d_model, d_ffn)
         self.activation = activation_fn(activation)
         self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.linear2 = OneDNNLinear(d_ffn, d_model)
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
@@ -58,8 +59,11 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         # layer's backward does not need its output; in place on a view, autograd would copy).
         # On CPU every new activation-sized buffer costs page faults comparable to the arithmetic.
         rows = src.flatten(0, 1)
-        hidden = self.linear1(rows)
-        hidden = hidden.relu_() if self.activation is F.relu else self.activation(hidden)
+        if self.activation is F.relu:
+            # oneDNN applies the ReLU in the product's own pass (see onednn_linear).
+            hidden = onednn_linear(rows, self.linear1.weight, self.linear1.bias, relu=True)
+        else:
+            hidden = self.activation(self.linear1(rows))
         out = self._dropout(self.dropout3, self.linear2(self._dropout(self.dropout2, hidden))).add_(rows)
         return self.norm2(out).view_as(src)
 
@@ -133,17 +137,19 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
     def forward(self, srcs, pos_embeds):
         """
         Args:
-            srcs, pos_embeds: lists of (N, C, H_l, W_l), one per level.
+            srcs, pos_embeds: lists of (N, C, H_l, W_l), one per level; channels-last maps flatten
+                to tokens without a copy. A position map may have batch size 1 for all images.
         Returns:
             memory (N, sum_l H_l*W_l, C), spatial_shapes (L, 2) int64, level_start_index (L,) int64.
         """
         # Every level becomes a run of H_l*W_l tokens (row-major), the runs concatenated from the
         # first level to the last; the positions get their level's learned embedding added.
+        # (N, C, H, W) -> (N, H*W, C) is a view; the concatenation writes the contiguous tokens.
         shapes = [tuple(src.shape[-2:]) for src in srcs]
-        src_flatten = torch.cat([src.flatten(2) for src in srcs], 2).transpose(1, 2).contiguous()
+        src_flatten = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
         lvl_pos_embed_flatten = torch.cat(
-            [pos.flatten(2) + self.level_embed[lvl][:, None] for lvl, pos in enumerate(pos_embeds)], 2
-        ).transpose(1, 2).contiguous()
+            [pos.flatten(2).transpose(1, 2) + self.level_embed[lvl] for lvl, pos in enumerate(pos_embeds)], 1
+        )
         spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=src_flatten.device)
         tokens_per_level = spatial_shapes[:, 0] * spatial_shapes[:, 1]
         level_start_index = tokens_per_level.cumsum(0) - tokens_per_level
@@ -224,6 +230,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
             enc_n_points=_ENCODER_N_POINTS,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
+        # The position maps of the latest input's level sizes and device: without padding masks
+        # they depend on nothing else. One entry only, so that inputs of ever new sizes (evaluation
+        # at original image sizes) do not accumulate maps. Not state: not in the state dict.
+        self._position_cache = (None, None)
 
         self.mask_dim = mask_dim
         self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1, stride=1, padding=0)
@@ -264,6 +274,27 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "common_stride": head.COMMON_STRIDE,
         }
 
+    def _position_maps(self, maps):
+        """The sine position map of each map's size, (1, conv_dim, H, W) channels last (so that it
+        flattens to tokens without a copy): the same for every image of the batch, and recomputed
+        only when the sizes change."""
+        if is_exporting():
+            # An exported graph computes them from the input's shape.
+            return [self.pe_layer(x) for x in maps]
+        key = (maps[0].device, tuple(tuple(x.shape[-2:]) for x in maps))
+        if self._position_cache[0] != key:
+            positions = [self.pe_layer(x)[:1].contiguous(memory_format=torch.channels_last) for x in maps]
+            self._position_cache = (key, positions)
+        return self._position_cache[1]
+
+    def _conv_layout(self, x):
+        """On the CPU, maps enter the convolutions channels last: oneDNN's kernels run faster on it
+        (and the backbone's ResNet features come out that way already), and the encoder's tokens
+        are then views of its level maps. Other devices keep their layout."""
+        if x.device.type == "cpu" and not is_exporting():
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     @torch.autocast("cuda", enabled=False)
     def forward_features(self, features):
         """
@@ -272,18 +303,15 @@ class MSDeformAttnPixelDecoder(nn.Module):
             the encoder output at the coarsest level (N, conv_dim, h, w),
             multi_scale_features: the 3 coarsest outputs, low to high resolution.
         """
-        srcs = []
-        pos = []
         # Encoder levels from low to high resolution. Deformable attention runs in fp32.
-        for idx, f in enumerate(self.transformer_in_features[::-1]):
-            x = features[f].float()
-            srcs.append(self.input_proj[idx](x))
-            pos.append(self.pe_layer(x))
+        maps = [self._conv_layout(features[f].float()) for f in self.transformer_in_features[::-1]]
+        srcs = [proj(x) for proj, x in zip(self.input_proj, maps)]
 
-        y, spatial_shapes, level_start_index = self.transformer(srcs, pos)
+        y, spatial_shapes, level_start_index = self.transformer(srcs, self._position_maps(maps))
         bs = y.shape[0]
 
         sizes = [tuple(src.shape[2:]) for src in srcs]
+        # Tokens back to (N, C, H, W) maps: channels-last views.
         out = [
             z.transpose(1, 2).view(bs, -1, h, w)
             for z, (h, w) in zip(torch.split(y, [h * w for h, w in sizes], dim=1), sizes)
@@ -291,7 +319,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
         # Extra FPN levels, from low to high resolution.
         for idx, f in enumerate(self.in_features[: self.num_fpn_levels][::-1]):
-            x = features[f].float()
+            x = self._conv_layout(features[f].float())
             cur_fpn = self.lateral_convs[idx](x)
             y = cur_fpn + F.interpolate(
                 out[-1], size=cur_fpn.shape[-2:], mode="bilinear", align_corners=False

@@ -2,10 +2,10 @@ import math
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import xavier_uniform_
 
+from ....onednn_linear import OneDNNLinear, onednn_linear
 from ..functions.ms_deform_attn_func import ms_deform_attn
 
 __all__ = ["MSDeformAttn"]
@@ -64,8 +64,8 @@ class MSDeformAttn(nn.Module):
 
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, value_dim)
-        self.output_proj = nn.Linear(value_dim, d_model)
+        self.value_proj = OneDNNLinear(d_model, value_dim)
+        self.output_proj = OneDNNLinear(value_dim, d_model)
         self._reset_parameters()
 
     def _initial_offsets(self):
@@ -165,7 +165,7 @@ class MSDeformAttn(nn.Module):
         # The offsets and the attention logits both read the query: one matrix product (weights
         # stacked on the fly; the parameters keep upstream's two layers) reads it once.
         num_offsets = self.sampling_offsets.out_features
-        query_terms = F.linear(
+        query_terms = onednn_linear(
             query,
             torch.cat((self.sampling_offsets.weight, self.attention_weights.weight)),
             torch.cat((self.sampling_offsets.bias, self.attention_weights.bias)),
