@@ -35,7 +35,11 @@ def _use_onednn(x: torch.Tensor) -> bool:
         return False
     if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return False
+    # Recording for export (jit, ONNX, torch.export / compile) keeps the plain product: exported
+    # graphs should not depend on a CPU-only oneDNN op.
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    if torch.compiler.is_compiling():
         return False
     return x.numel() >= MIN_ROWS * x.shape[-1]
 
