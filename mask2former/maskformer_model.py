@@ -17,7 +17,7 @@ from torch import nn
 from .modeling import postprocessing
 from .modeling.criterion import SetCriterion
 from .modeling.matcher import HungarianMatcher
-from .modeling.pixel_decoder.ops.functions import is_exporting
+from .utils.misc import is_exporting
 from .modeling.postprocessing import masks_to_boxes, resize_to_output  # noqa: F401 (re-exported)
 
 

@@ -8,7 +8,7 @@ panoptic / instance inference) is :mod:`mask2former.modeling.postprocessing`, wh
 (:mod:`mask2former.export.runner`) applies exactly as the PyTorch model does.
 
 Deformable attention is recorded in its ``grid_sample`` formulation (ONNX GridSample, opset 16);
-see ``ms_deform_attn_func.is_exporting``.
+see ``mask2former.utils.misc.is_exporting``.
 """
 import contextlib
 import os

@@ -22,6 +22,8 @@ plain matrix product.
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..utils.misc import is_exporting
 from torch.autograd.function import once_differentiable
 
 __all__ = ["OneDNNLinear", "onednn_linear", "MIN_ROWS"]
@@ -35,11 +37,9 @@ def _use_onednn(x: torch.Tensor) -> bool:
         return False
     if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return False
-    # Recording for export (jit, ONNX, torch.export / compile) keeps the plain product: exported
-    # graphs should not depend on a CPU-only oneDNN op.
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return False
-    if torch.compiler.is_compiling():
+    # Recorded graphs (jit, ONNX, torch.export / compile) keep the plain product: they should not
+    # depend on a CPU-only oneDNN op.
+    if torch.jit.is_scripting() or is_exporting():
         return False
     return x.numel() >= MIN_ROWS * x.shape[-1]
 

@@ -1,8 +1,16 @@
-"""Small helpers shared by the criterion and the meta-architecture."""
+"""Small helpers shared across the package (criterion, meta-architecture, fast CPU paths)."""
 from typing import List, Optional
 
 import torch
 import torch.distributed as dist
+
+
+def is_exporting() -> bool:
+    """True while a tracer or exporter (torch.jit.trace, ONNX export, torch.export / torch.compile)
+    records the model. Fast paths that only exist on this machine (compiled kernels, oneDNN ops,
+    caches, value checks that read tensors) step aside then, so that the recorded graph holds
+    the plain formulation."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def is_dist_avail_and_initialized() -> bool:

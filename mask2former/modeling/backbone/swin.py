@@ -23,7 +23,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from timm.layers import DropPath, trunc_normal_
 
 from ..onednn_linear import OneDNNLinear
-from ..pixel_decoder.ops.functions import is_exporting
+from ...utils.misc import is_exporting
 
 __all__ = ["SwinTransformer", "D2SwinTransformer"]
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from .....utils.misc import is_exporting
 from .. import backend
 
 __all__ = [
@@ -133,13 +134,6 @@ def validate_ms_deform_attn_inputs(
             )
     if im2col_step is not None and (isinstance(im2col_step, bool) or not isinstance(im2col_step, int) or im2col_step <= 0):
         raise ValueError("ms_deform_attn: im2col_step must be a positive int, got {!r}".format(im2col_step))
-
-
-def is_exporting():
-    """True while a tracer or exporter (torch.jit.trace, ONNX export, torch.export / torch.compile)
-    records the model: only the grid_sample formulation can be recorded, and the input checks,
-    which read tensor values, cannot run."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def level_sizes(value_spatial_shapes):
