@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 
+from benchmark_stages import checkout_labels
+
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,12 +68,8 @@ def main(argv=None):
     command = args.benchmark[1:] if args.benchmark[:1] == ["--"] else args.benchmark
     if not command or not os.path.isfile(command[0]):
         raise SystemExit("give the benchmark after --: -- tools/benchmark_inference.py --config-file ...")
-    roots = [os.path.abspath(r) for r in args.code_roots]
-    for root in roots:
-        if not os.path.isdir(os.path.join(root, "mask2former")):
-            raise SystemExit(f"--code-roots: {root} holds no mask2former package")
     # A checkout may be given twice (an A/A comparison shows the noise): runs are kept per position.
-    labels = [root if roots.count(root) == 1 else f"{root} (#{i + 1})" for i, root in enumerate(roots)]
+    roots, labels = checkout_labels(args.code_roots)
     runs = {label: [] for label in labels}
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,6 +29,17 @@ def import_code_root(argv):
     return root
 
 
+def checkout_labels(code_roots):
+    """Absolute paths of the checkouts to compare, each checked to hold a mask2former package, and
+    their labels: a checkout given twice (an A/A run shows the noise) is labelled by position."""
+    roots = [os.path.abspath(r) for r in code_roots]
+    for root in roots:
+        if not os.path.isdir(os.path.join(root, "mask2former")):
+            raise SystemExit(f"--code-roots: {root} holds no mask2former package")
+    labels = [root if roots.count(root) == 1 else f"{root} (#{i + 1})" for i, root in enumerate(roots)]
+    return roots, labels
+
+
 class StageTimer:
     """Wall-clock seconds and process CPU seconds (all threads) spent in named stages.
 

@@ -19,7 +19,11 @@ What is compared:
   gradient of every parameter after the backward of the summed losses.
 
 Float tensors pass when max|a - b| <= rtol * max|a| (a: the reference; --rtol for outputs and losses,
---grad-rtol for each parameter's gradient). Panoptic segments (id map and segments_info) must be
+--grad-rtol for each parameter's gradient). The gradient tolerance, 1e-2, sits above the float32
+noise floor measured on the baseline itself (aa4dffe against aa4dffe with oneDNN convolutions
+switched off, i.e. only the summation order changed; R50, 512x512, seeds 0 and 2): per-parameter
+gradient differences of 1.4e-3 and 4.1e-3, from masked-attention thresholds and importance-sampled
+points that a rounding difference moves; losses there differed by at most 6e-7. Panoptic segments (id map and segments_info) must be
 identical, instance classes too, and instance masks may differ in at most --instance-mask-pixels
 pixels. A matching may differ only where the two assignments are tied up to the fp differences of
 the cost matrices: if the reference's matrix C and the other's C' differ by at most eps and both
@@ -57,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmark_stages import import_code_root, parse_size
+from benchmark_stages import checkout_labels, import_code_root, parse_size
 
 if __name__ == "__main__" and "--child" in sys.argv:
     import_code_root(sys.argv)  # before anything imports mask2former
@@ -78,7 +82,7 @@ def get_parser():
     parser.add_argument("--mask-offset", type=float, default=2.0, help="perturbation, see above")
     parser.add_argument("--attention-scale", type=float, default=0.1, help="perturbation, see above")
     parser.add_argument("--rtol", type=float, default=1e-4, help="outputs and losses, relative to max|reference|")
-    parser.add_argument("--grad-rtol", type=float, default=1e-3, help="gradients, per parameter")
+    parser.add_argument("--grad-rtol", type=float, default=1e-2, help="gradients, per parameter (see the float32 noise floor above)")
     parser.add_argument("--instance-mask-pixels", type=int, default=0, help="instance mask pixels allowed to differ")
     parser.add_argument("--json", default="", help="also write the comparison to this JSON file")
     # Internal: one checkout's run, in its own process.
@@ -480,11 +484,7 @@ def main(argv=None):
         raise SystemExit("--code-roots needs two or more checkouts (the first is the reference)")
     import torch
 
-    roots = [os.path.abspath(r) for r in args.code_roots]
-    for root in roots:
-        if not os.path.isdir(os.path.join(root, "mask2former")):
-            raise SystemExit(f"--code-roots: {root} holds no mask2former package")
-    labels = [root if roots.count(root) == 1 else f"{root} (#{i + 1})" for i, root in enumerate(roots)]
+    roots, labels = checkout_labels(args.code_roots)
     height, width = args.size
     print(
         f"config {args.config_file} | {height}x{width} | mode {args.mode} | threads {args.threads} | seed {args.seed}"
