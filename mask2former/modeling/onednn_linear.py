@@ -22,9 +22,9 @@ plain matrix product.
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..utils.misc import is_exporting
-from torch.autograd.function import once_differentiable
 
 __all__ = ["OneDNNLinear", "onednn_linear", "MIN_ROWS"]
 

@@ -10,8 +10,9 @@ token-wise projections run on the tokens rather than on the padded windows (the 
 zero token per image), the zero padding, cyclic shift and window partition of a block are one row
 gather (and its inverse one more), the attention runs in PyTorch's fused kernel with the
 relative position bias and the shift mask added up once per input size, and the large linear
-layers go through oneDNN (`OneDNNLinear`). The unfused attention remains where gradients flow into the bias table (the fused
-CPU kernel has no gradient for an additive mask) and while the model is being exported.
+layers go through oneDNN (`OneDNNLinear`). The unfused attention remains where gradients flow
+into the bias table (the fused CPU kernel has no gradient for an additive mask) and while the
+model is being exported.
 """
 import torch
 import torch.nn.functional as F

@@ -13,11 +13,12 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
+from ...utils.misc import is_exporting
 from ..onednn_linear import OneDNNLinear, onednn_linear
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from ..transformer_decoder.transformer import activation_fn, xavier_init_matrices
 from .fpn import build_fpn_level_convs, select_input_shapes
-from .ops.functions import is_exporting, level_sizes
+from .ops.functions import level_sizes
 from .ops.modules import MSDeformAttn
 
 __all__ = ["MSDeformAttnTransformerEncoderOnly", "MSDeformAttnPixelDecoder"]
@@ -289,7 +290,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     def _conv_layout(self, x):
         """On the CPU, maps enter the convolutions channels last: oneDNN's kernels run faster on it
-        (and the backbone's ResNet features come out that way already), and the encoder's tokens
+        (and in inference the backbone's ResNet features come out that way already), and the encoder's tokens
         are then views of its level maps. Other devices keep their layout."""
         if x.device.type == "cpu" and not is_exporting():
             return x.contiguous(memory_format=torch.channels_last)

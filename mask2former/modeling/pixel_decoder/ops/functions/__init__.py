@@ -1,5 +1,4 @@
 from .ms_deform_attn_func import (
-    is_exporting,
     level_sizes,
     MSDeformAttnFunction,
     ms_deform_attn,
@@ -8,7 +7,6 @@ from .ms_deform_attn_func import (
 )
 
 __all__ = [
-    "is_exporting",
     "level_sizes",
     "MSDeformAttnFunction",
     "ms_deform_attn",

@@ -22,7 +22,6 @@ from .. import backend
 
 __all__ = [
     "MSDeformAttnFunction",
-    "is_exporting",
     "level_sizes",
     "ms_deform_attn",
     "ms_deform_attn_core_pytorch",
