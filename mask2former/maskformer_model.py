@@ -17,6 +17,7 @@ from torch import nn
 from .modeling import postprocessing
 from .modeling.criterion import SetCriterion
 from .modeling.matcher import HungarianMatcher
+from .utils.cpu_memory import keep_freed_cpu_memory
 from .utils.misc import is_exporting
 from .modeling.postprocessing import masks_to_boxes, resize_to_output  # noqa: F401 (re-exported)
 
@@ -118,6 +119,8 @@ class MaskFormer(nn.Module):
         from .data.custom import register_custom_datasets
 
         register_custom_datasets(cfg, validate=False)
+        if cfg.MODEL.DEVICE == "cpu":
+            keep_freed_cpu_memory()  # page faults of fresh large tensors: see utils/cpu_memory.py
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
 
