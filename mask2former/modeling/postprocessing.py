@@ -21,8 +21,10 @@ kept queries only (argmax along the query dimension is slow on CPU) and counts s
 pass, updating preallocated buffers in place; instance inference computes binary masks, boxes and
 pixel counts once per distinct query instead of gathering two full-size masks per (query, class)
 pair, gathers booleans rather than logits, builds the float masks once (in the pairs' order: they
-are the result) and sums the probabilities inside them two masks at a time, so that no other
-full-size float temporary is made (on CPU every fresh 100 MB buffer also costs page faults).
+are the result), counts their pixels with a float sum (exact, and much faster than a sum of
+booleans) and sums the probabilities inside them two masks at a time, so that no other full-size
+float temporary is made (on CPU every fresh 100 MB buffer also costs page faults); boxes come from
+byte maxima rather than ``any``.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -105,10 +107,11 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight XYXY boxes (K, 4) of binary masks (K, H, W); x2/y2 are exclusive; empty mask -> zeros."""
     if masks.shape[0] == 0:
         return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
-    masks = masks.bool()
+    # The maximum of the 0/1 bytes is "any", and runs ~20x faster than bool any() on CPU.
+    masks = masks.bool().view(torch.uint8)
     height, width = masks.shape[-2:]
-    cols = masks.any(dim=1).to(torch.uint8)  # (K, W)
-    rows = masks.any(dim=2).to(torch.uint8)  # (K, H)
+    cols = masks.amax(dim=1)  # (K, W)
+    rows = masks.amax(dim=2)  # (K, H)
     # argmax returns the first maximal index: the first occupied column/row.
     x1 = cols.argmax(dim=1)
     y1 = rows.argmax(dim=1)
@@ -258,10 +261,16 @@ def instance_inference(
     else:
         in_mask = mask_pred[rows] > 0
     boxes = masks_to_boxes(in_mask)
-    counts = in_mask.flatten(1).sum(1)
     if position is not None:
-        in_mask, boxes, counts = in_mask[position], boxes[position], counts[position]
+        in_mask, boxes = in_mask[position], boxes[position]
     binary = in_mask.to(mask_pred.dtype)
+    flat_binary = binary.flatten(1)
+    if flat_binary.shape[1] < 2**24:
+        # A float sum of 0/1 values is exact while every partial sum is below 2^24 (it is the
+        # integer count) and ~20x faster than summing booleans, which converts them to int64.
+        counts = flat_binary.sum(1)
+    else:
+        counts = in_mask.flatten(1).sum(1).to(binary.dtype)
     if mask_prob is None:
         prob, prob_rows = mask_pred[rows].sigmoid(), position
     else:
@@ -271,7 +280,7 @@ def instance_inference(
         inside = _sum_inside(binary[:1], prob, None if prob_rows is None else prob_rows[:1]).expand(len(binary))
     else:
         inside = _sum_inside(binary, prob, prob_rows)
-    mask_scores = inside / (counts.to(binary.dtype) + 1e-6)
+    mask_scores = inside / (counts + 1e-6)
 
     result = Instances(image_size)
     result.pred_masks = binary
