@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mask2former.modeling.onednn_linear import MIN_ROWS, OneDNNLinear, onednn_linear
+from mask2former.modeling.onednn_linear import MIN_ROWS, OneDNNLinear, matmul_nt, onednn_linear
 
 
 @pytest.mark.parametrize("shape", [(2, 700, 96), (MIN_ROWS + 3, 256), (3, 5, 64)])
@@ -98,3 +98,15 @@ def test_rows_in_give_a_fresh_tensor_that_may_be_modified_in_place():
     masked = grad * (F.linear(x.detach(), w.detach()) + residual > 0)
     torch.testing.assert_close(got[0], masked @ w.detach(), rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(got[1], masked.t() @ x.detach(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("weight_transposed", [False, True])
+def test_matmul_nt_matches_mm_for_strided_feature_maps(weight_transposed):
+    """x @ weight.T with a whole feature map as the weight, contiguous or a transposed view (the
+    layouts the mask products and semantic scores pass), and with no inner dimension at all."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30, 12, generator=g)
+    weight = torch.randn(12, 5000, generator=g).t() if weight_transposed else torch.randn(5000, 12, generator=g)
+    torch.testing.assert_close(matmul_nt(x, weight), x @ weight.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(matmul_nt(weight, x), weight @ x.t(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(matmul_nt(torch.zeros(5000, 0), torch.zeros(7, 0)), torch.zeros(5000, 7))

@@ -14,7 +14,7 @@ from mask2former.modeling.transformer_decoder.mask2former_transformer_decoder im
     CrossAttentionLayer,
     MultiScaleMaskedTransformerDecoder,
 )
-from mask2former.modeling.transformer_decoder.mask_logits import mask_logits
+from mask2former.modeling.transformer_decoder.mask_logits import mask_logits, mask_product
 from mask2former.modeling.transformer_decoder.maskformer_transformer_decoder import (
     StandardTransformerDecoder,
 )
@@ -261,6 +261,33 @@ def test_mask_logits_backward_equals_einsum_with_queries_without_gradient(channe
     f = features.clone().requires_grad_()
     mask_logits(embed, f).backward(grad)
     torch.testing.assert_close(f.grad, ref_features)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mask_logits_at_feature_map_size_match_einsum(channels_last):
+    """At a real feature-map size (above MIN_ROWS pixels) the products go through oneDNN on the CPU:
+    values and gradients equal the einsum's to float32 rounding, in the features' layout."""
+    g = torch.Generator().manual_seed(2)
+    embed = torch.randn(2, 20, 16, generator=g)
+    features = torch.randn(2, 16, 40, 48, generator=g)
+    if channels_last:
+        features = features.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 20, 40, 48, generator=g)
+    grad[0, 3:] = 0
+    grad[1, :17] = 0
+    results = []
+    for fn in (mask_logits, lambda e, f: torch.einsum("bqc,bchw->bqhw", e, f)):
+        e, f = embed.clone().requires_grad_(), features.clone().requires_grad_()
+        out = fn(e, f)
+        out.backward(grad)
+        results.append((out, e.grad, f.grad))
+    # The embeddings' gradients sum 1,920 products of unit-scale values (magnitude ~40): float32
+    # rounding of a different summation order reaches ~2e-5 there.
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+    assert results[0][2].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    with torch.no_grad():
+        torch.testing.assert_close(mask_product(embed, features), results[1][0], rtol=1e-5, atol=1e-5)
 
 
 def test_mask_logits_under_autocast_follow_the_einsum():

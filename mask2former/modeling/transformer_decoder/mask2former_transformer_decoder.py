@@ -15,7 +15,7 @@ from torch import nn
 
 from detectron2.config import configurable
 
-from .mask_logits import mask_logits
+from .mask_logits import mask_logits, mask_product
 from .maskformer_transformer_decoder import (
     MLP,
     TRANSFORMER_DECODER_REGISTRY,
@@ -324,7 +324,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if self.training and torch.is_grad_enabled():
             # Same values; the backward skips the queries without a gradient (unmatched ones).
             return mask_logits(mask_embed, mask_features)
-        return torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        return mask_product(mask_embed, mask_features)
 
     def forward_prediction_heads(self, output, mask_features, attn_mask_target_size):
         """
