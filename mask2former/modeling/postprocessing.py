@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
 
+from ..utils.misc import is_exporting
 from .onednn_linear import matmul_nt
 
 __all__ = [
@@ -110,8 +111,10 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight XYXY boxes (K, 4) of binary masks (K, H, W); x2/y2 are exclusive; empty mask -> zeros."""
     if masks.shape[0] == 0:
         return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
-    # The maximum of the 0/1 bytes is "any", and runs ~20x faster than bool any() on CPU.
-    masks = masks.bool().view(torch.uint8)
+    # The maximum of the 0/1 bytes is "any", and runs ~10x faster than bool any() on CPU. Tracers
+    # cannot record a dtype view: they get a copy.
+    masks = masks.bool()
+    masks = masks.to(torch.uint8) if is_exporting() else masks.view(torch.uint8)
     height, width = masks.shape[-2:]
     cols = masks.amax(dim=1)  # (K, W)
     rows = masks.amax(dim=2)  # (K, H)
