@@ -23,7 +23,7 @@ devices and dtypes, tracing and export (:func:`~mask2former.utils.misc.is_export
 with other blocks or norms run detectron2's forward.
 """
 import weakref
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
