@@ -160,7 +160,12 @@ def device_sync(device):
 
 def time_model_stages(timer, model):
     """Time the three parts of a Mask2Former forward under their stage names."""
-    timer.wrap(model.backbone, "forward", "backbone")
+    # backbone_features may compute a ResNet's features without calling its forward (the fused
+    # inference path); checkouts that predate it call the backbone directly.
+    if hasattr(model, "backbone_features"):
+        timer.wrap(model, "backbone_features", "backbone")
+    else:
+        timer.wrap(model.backbone, "forward", "backbone")
     timer.wrap(model.sem_seg_head.pixel_decoder, "forward_features", "pixel_decoder")
     timer.wrap(model.sem_seg_head.predictor, "forward", "transformer_decoder")
 
