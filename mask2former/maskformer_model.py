@@ -282,11 +282,12 @@ class MaskFormer(nn.Module):
         CPU reads the batch channels last: its oneDNN convolutions run about 1.15x faster on that
         layout, and its features, channels last too, feed the pixel decoder's convolutions and
         encoder tokens without reordering; without autograd it runs with its frozen batch norms
-        folded into the convolutions (:mod:`.modeling.backbone.fused_resnet`). Training keeps the given layout: channels last changes the backbone's
-        gradients by up to 3e-3 relative (float32 summation order, the same size as either
-        layout's distance from a float64 computation), which moves losses whose importance-sampled
-        points sit at the top-k boundary by 1e-4 (tools/compare_outputs.py), beyond the float32
-        tolerance the training path is held to. Other backbones and devices, and export, keep the
+        folded into the convolutions (:mod:`.modeling.backbone.fused_resnet`). Training keeps the
+        given layout: channels last changes the backbone's gradients by up to 3e-3 relative
+        (float32 summation order, the same size as either layout's distance from a float64
+        computation), which moves losses whose importance-sampled points sit at the top-k boundary
+        by 1e-4 (tools/compare_outputs.py), beyond the float32 tolerance the training path is held
+        to. Other backbones and devices, and export, keep the
         layout they were given."""
         if (
             not self.training
