@@ -10,7 +10,8 @@ from detectron2.layers import ShapeSpec
 from mask2former import add_maskformer2_config
 from mask2former.modeling import onednn_linear as onednn_linear_module
 from mask2former.modeling.pixel_decoder import build_pixel_decoder
-from mask2former.modeling.pixel_decoder.msdeformattn import MSDeformAttnTransformerEncoder
+from mask2former.modeling.pixel_decoder.fpn import build_fpn_output_conv
+from mask2former.modeling.pixel_decoder.msdeformattn import MSDeformAttnTransformerEncoder, _fpn_output_conv
 
 SHAPES = {f"res{i}": ShapeSpec(channels=8 * 2**i, stride=2**i) for i in range(2, 6)}
 
@@ -210,6 +211,38 @@ def test_msdeformattn_fast_path_gradients_match_plain_path(monkeypatch):
     atol = 1e-6 * max(want.abs().max().item() for want in plain)
     for name, got, want in zip(names, fast, plain):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def _graph_node_names(t):
+    seen, todo = {}, [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and id(node) not in seen:
+            seen[id(node)] = type(node).__name__
+            todo.extend(n for n, _ in node.next_functions)
+    return set(seen.values())
+
+
+@pytest.mark.parametrize("norm", ["GN", ""])  # without a norm the conv has a bias
+def test_fpn_output_conv_on_channels_last_maps_matches_the_module(norm):
+    torch.manual_seed(0)
+    conv = build_fpn_output_conv(16, 32, norm)
+    x = torch.randn(2, 16, 9, 11).contiguous(memory_format=torch.channels_last).requires_grad_()
+    params = [p for p in conv.parameters()]
+    out = _fpn_output_conv(conv, x)
+    assert "_PlainWeightGradientConvBackward" in _graph_node_names(out)
+    grad = torch.randn(out.shape)
+    got = torch.autograd.grad(out, [x] + params, grad)
+    # The module itself on the plain layout: autograd's own convolution backward.
+    x_plain = x.detach().contiguous().requires_grad_()
+    want_out = conv(x_plain)
+    want = torch.autograd.grad(want_out, [x_plain] + params, grad)
+    torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
+    assert [n for n, _ in conv.named_parameters()] == (["weight", "norm.weight", "norm.bias"] if norm else ["weight", "bias"])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # inference: the module's own forward, bit for bit
+        torch.testing.assert_close(_fpn_output_conv(conv, x), conv(x), rtol=0, atol=0)
 
 
 def test_msdeformattn_position_maps_are_cached_for_the_latest_sizes():

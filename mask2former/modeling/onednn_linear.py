@@ -10,9 +10,13 @@ need no reordering. Measured on the 2-core CPU (``tools/benchmark_linear.py``, p
   the 1x1 convolution) runs at 1.2-1.7x the GEMM rate, with no bias broadcast copy before the
   product either (GEMM's addmm first writes the bias into every output row), and can apply a ReLU
   in the same pass (``relu=True``: 1.2x faster than the product followed by a ReLU);
-- backward: the input gradient is faster as oneDNN's backward-data convolution, the weight
-  gradient as a GEMM (oneDNN's backward-weights convolution is up to 1.8x slower on these shapes),
-  so :class:`_OneDNNLinearFunction` takes each product from the faster kernel.
+- backward (``--backward-kernels``, kernels taking turns call by call): the input gradient
+  grad @ weight runs 1.2-2x faster through the same linear primitive, given the transposed weight
+  as a strided view, than as a GEMM. oneDNN's backward-data convolution is as fast as the linear
+  primitive with 2 threads on a quiet machine, but 1.3-1.8x slower with one thread or under load.
+  The weight gradient stays a GEMM: oneDNN's backward-weights convolution is as fast or up to
+  1.4x slower, and the linear primitive (on a transposed copy of one operand) is within 10% of
+  the GEMM with one thread or on a quiet machine (faster only when other processes load the CPU).
 
 Results equal ``F.linear`` to float32 rounding (a different summation order, not bit-identical).
 Small inputs (the transformer decoder's 100 queries), other devices and dtypes, and tracing or
@@ -65,10 +69,15 @@ def matmul_nt(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, None, "none", [], "")
 
 
-def _as_image(rows: torch.Tensor) -> torch.Tensor:
-    """(M, K) contiguous rows as the (1, K, M, 1) image with channel stride 1 (channels last) that
-    oneDNN's convolution reads without a reorder."""
-    return rows.view(1, -1, 1, rows.shape[1]).permute(0, 3, 1, 2)
+def _input_gradient(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """grad @ weight, (M, N) @ (N, K) for contiguous grad: the linear primitive given the
+    transposed weight as a strided view (no copy); see the module docstring for the kernel choice."""
+    return _linear_pointwise(grad, weight.t(), None, False)
+
+
+def _weight_gradient(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """grad.T @ rows, (N, M) @ (M, K): the weight gradient, by GEMM (see the module docstring)."""
+    return grad.t().mm(rows)
 
 
 def _linear_pointwise(rows, weight, bias, relu):
@@ -97,14 +106,9 @@ class _OneDNNLinearFunction(torch.autograd.Function):
             grad = torch.ops.aten.threshold_backward(grad, out, 0)
         grad_rows = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # The input gradient of the 1x1 convolution over the rows' image: grad @ weight.
-            grad_image = torch.ops.aten.convolution_backward(
-                _as_image(grad), _as_image(rows), weight[:, :, None, None], None,
-                [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False],
-            )[0]
-            grad_rows = grad_image.permute(0, 2, 3, 1).reshape(rows.shape)
+            grad_rows = _input_gradient(grad, weight)
         if ctx.needs_input_grad[1]:
-            grad_weight = grad.t().mm(rows)
+            grad_weight = _weight_gradient(grad, rows)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
         return grad_rows, grad_weight, grad_bias, None

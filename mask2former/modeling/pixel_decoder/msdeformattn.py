@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
@@ -30,6 +31,67 @@ _ENCODER_DIM_FEEDFORWARD = 1024
 _ENCODER_N_POINTS = 4
 # Upstream always feeds three scales to the transformer decoder.
 _NUM_MULTI_SCALE_LEVELS = 3
+
+
+class _PlainWeightGradientConv(torch.autograd.Function):
+    """``F.conv2d`` of a channels-last CPU map whose backward takes the weight gradient from plain
+    (NCHW) copies of the map and of the output gradient. For a 3x3 convolution oneDNN's
+    backward-weights kernel on channels-last data is the slowest step of the convolution (1.5x its
+    forward); on plain data it picks a blocked kernel that is faster, the two copies included (the
+    FPN output conv at stride 4, 2 x 256 x 128 x 128, with GroupNorm and ReLU, 2 threads: 6-10%
+    less CPU time for forward + backward, 1.37-1.42 -> 1.28-1.29 s in two alternating runs). The
+    forward and the input gradient keep the channels-last kernels; the weight gradient changes by
+    float32 rounding only (another summation order: its largest distance from a float64
+    computation, on random data, 4e-6 of the largest gradient against 1e-6 on channels last)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv_args = ([*stride], [*padding], [*dilation], False, [0, 0], groups)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, *ctx.conv_args, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.ops.aten.convolution_backward(
+                grad.contiguous(), x.contiguous(), weight, None, *ctx.conv_args, [False, True, False]
+            )[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3))
+        return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
+def _fpn_output_conv(conv, x):
+    """``conv(x)`` for an FPN output conv (Detectron2 Conv2d: convolution, norm, activation); when
+    its weight gets a gradient from a channels-last float32 CPU map, the convolution's weight
+    gradient comes from plain copies (see _PlainWeightGradientConv). Measured for 3x3 kernels
+    only: 1x1 ones are faster on channels last."""
+    if (
+        conv.weight.requires_grad
+        and torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and conv.weight.shape[-2:] != (1, 1)
+        and isinstance(conv.padding, tuple)
+        and not is_exporting()
+    ):
+        x = _PlainWeightGradientConv.apply(
+            x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+        )
+        if conv.norm is not None:
+            x = conv.norm(x)
+        return conv.activation(x) if conv.activation is not None else x
+    return conv(x)
 
 
 class MSDeformAttnTransformerEncoderLayer(nn.Module):
@@ -325,7 +387,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             y = cur_fpn + F.interpolate(
                 out[-1], size=cur_fpn.shape[-2:], mode="bilinear", align_corners=False
             )
-            out.append(self.output_convs[idx](y))
+            out.append(_fpn_output_conv(self.output_convs[idx], y))
 
         multi_scale_features = out[: self.maskformer_num_feature_levels]
         return self.mask_features(out[-1]), out[0], multi_scale_features
