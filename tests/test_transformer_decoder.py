@@ -230,6 +230,19 @@ def test_masked_decoder_images_are_independent(pre_norm):
             torch.testing.assert_close(single["pred_logits"], batched["pred_logits"][n : n + 1], atol=1e-5, rtol=1e-5)
 
 
+def _mask_logits_and_einsum(embed, features, grad, autocast=False):
+    """(logits, embedding gradient, feature gradient) of mask_logits, then of the plain einsum,
+    for the same inputs and output gradient (the forward under bfloat16 autocast if asked)."""
+    results = []
+    for fn in (mask_logits, lambda e, f: torch.einsum("bqc,bchw->bqhw", e, f)):
+        e, f = embed.clone().requires_grad_(), features.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = fn(e, f)
+        out.backward(grad)
+        results.append((out, e.grad, f.grad))
+    return results
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_mask_logits_backward_equals_einsum_with_queries_without_gradient(channels_last):
     """Same values as the einsum; gradients of the einsum's backward, with whole queries (and a
@@ -244,12 +257,7 @@ def test_mask_logits_backward_equals_einsum_with_queries_without_gradient(channe
     grad[1] = 0
     grad[2, 3, 1:] = 0  # one non-zero entry keeps a query
 
-    results = []
-    for fn in (mask_logits, lambda e, f: torch.einsum("bqc,bchw->bqhw", e, f)):
-        e, f = embed.clone().requires_grad_(), features.clone().requires_grad_()
-        out = fn(e, f)
-        out.backward(grad)
-        results.append((out, e.grad, f.grad))
+    results = _mask_logits_and_einsum(embed, features, grad)
     (out, grad_embed, grad_features), (ref_out, ref_embed, ref_features) = results
     assert torch.equal(out, ref_out)
     torch.testing.assert_close(grad_embed, ref_embed)
@@ -275,12 +283,7 @@ def test_mask_logits_at_feature_map_size_match_einsum(channels_last):
     grad = torch.randn(2, 20, 40, 48, generator=g)
     grad[0, 3:] = 0
     grad[1, :17] = 0
-    results = []
-    for fn in (mask_logits, lambda e, f: torch.einsum("bqc,bchw->bqhw", e, f)):
-        e, f = embed.clone().requires_grad_(), features.clone().requires_grad_()
-        out = fn(e, f)
-        out.backward(grad)
-        results.append((out, e.grad, f.grad))
+    results = _mask_logits_and_einsum(embed, features, grad)
     # The embeddings' gradients sum 1,920 products of unit-scale values (magnitude ~40): float32
     # rounding of a different summation order reaches ~2e-5 there.
     for ours, reference in zip(*results):
@@ -297,13 +300,7 @@ def test_mask_logits_under_autocast_follow_the_einsum():
     embed, features = torch.randn(2, 6, 8, generator=g), torch.randn(2, 8, 5, 7, generator=g)
     grad = torch.randn(2, 6, 5, 7, generator=g).bfloat16()
     grad[:, 2:] = 0
-    results = []
-    for fn in (mask_logits, lambda e, f: torch.einsum("bqc,bchw->bqhw", e, f)):
-        e, f = embed.clone().requires_grad_(), features.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = fn(e, f)
-        out.backward(grad)
-        results.append((out, e.grad, f.grad))
+    results = _mask_logits_and_einsum(embed, features, grad, autocast=True)
     for ours, ref in zip(*results):
         assert ours.dtype == ref.dtype
         torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
