@@ -287,8 +287,7 @@ class MaskFormer(nn.Module):
         (float32 summation order, the same size as either layout's distance from a float64
         computation), which moves losses whose importance-sampled points sit at the top-k boundary
         by 1e-4 (tools/compare_outputs.py), beyond the float32 tolerance the training path is held
-        to. Other backbones and devices, and export, keep the
-        layout they were given."""
+        to. Other backbones and devices, and export, keep the layout they were given."""
         if (
             not self.training
             and isinstance(self.backbone, ResNet)

@@ -66,7 +66,7 @@ def matmul_nt(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """
     if not onednn_applies(x, weight) or max(x.shape[0], weight.shape[0]) < MIN_ROWS or x.shape[1] == 0:
         return torch.mm(x, weight.t())
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, None, "none", [], "")
+    return _linear_pointwise(x.contiguous(), weight, None, False)
 
 
 def _input_gradient(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

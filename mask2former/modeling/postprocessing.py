@@ -325,6 +325,7 @@ def _sum_inside(binary: torch.Tensor, prob: torch.Tensor, prob_rows: Optional[to
         start = end
     return torch.cat(sums) if sums else flat_binary.new_zeros(0)
 
+
 def postprocess_image(
     mask_cls: torch.Tensor,
     mask_pred: torch.Tensor,

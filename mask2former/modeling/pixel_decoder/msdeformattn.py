@@ -15,7 +15,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ...utils.misc import is_exporting
-from ..onednn_linear import OneDNNLinear, onednn_linear
+from ..onednn_linear import OneDNNLinear, onednn_applies, onednn_linear
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from ..transformer_decoder.transformer import activation_fn, xavier_init_matrices
 from .fpn import build_fpn_level_convs, select_input_shapes
@@ -77,13 +77,10 @@ def _fpn_output_conv(conv, x):
     if (
         conv.weight.requires_grad
         and torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
+        and onednn_applies(x, conv.weight)
         and x.is_contiguous(memory_format=torch.channels_last)
         and conv.weight.shape[-2:] != (1, 1)
         and isinstance(conv.padding, tuple)
-        and not is_exporting()
     ):
         x = _PlainWeightGradientConv.apply(
             x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
@@ -352,8 +349,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     def _conv_layout(self, x):
         """On the CPU, maps enter the convolutions channels last: oneDNN's kernels run faster on it
-        (and in inference the backbone's ResNet features come out that way already), and the encoder's tokens
-        are then views of its level maps. Other devices keep their layout."""
+        (and in inference the backbone's ResNet features come out that way already), and the
+        encoder's tokens are then views of its level maps. Other devices keep their layout."""
         if x.device.type == "cpu" and not is_exporting():
             return x.contiguous(memory_format=torch.channels_last)
         return x

@@ -57,6 +57,7 @@ class _MaskLogits(torch.autograd.Function):
         live = grad.abs().amax(-1).ne(0)
         grad_embed = torch.zeros_like(mask_embed) if ctx.needs_input_grad[0] else None
         grad_features = torch.empty_like(mask_features) if ctx.needs_input_grad[1] else None
+        grad_pixels = None if grad_features is None else _pixels_by_channel(grad_features)
         for i in range(num_images):
             rows = live[i].nonzero().squeeze(1)
             grad_rows = grad[i, rows]  # (n, H*W)
@@ -66,7 +67,7 @@ class _MaskLogits(torch.autograd.Function):
                 # (H*W, C) pixel rows, copied into the layout of the features; no query with a
                 # gradient: zeros.
                 pixel_rows = matmul_nt(grad_rows.t(), mask_embed[i, rows].to(dtype).t())
-                _pixels_by_channel(grad_features)[i].copy_(pixel_rows.t())
+                grad_pixels[i].copy_(pixel_rows.t())
         return grad_embed, grad_features
 
 
