@@ -137,3 +137,35 @@ def test_bad_arguments_are_rejected():
             {"pred_logits": torch.randn(2, 3, 4), "pred_masks": torch.randn(2, 3, 4, 4)},
             [{"labels": torch.tensor([0]), "masks": torch.ones(1, 4, 4)}],
         )
+
+
+def naive_bilinear(mask, x, y):
+    """grid_sample's bilinear value (align_corners=False, zeros outside) of one (H, W) mask at
+    normalised (x, y) in [0, 1], by hand in float64."""
+    h, w = mask.shape
+    px, py = x * w - 0.5, y * h - 0.5
+    x0, y0 = math.floor(px), math.floor(py)
+    value = 0.0
+    for xi, wx in ((x0, x0 + 1 - px), (x0 + 1, px - x0)):
+        for yi, wy in ((y0, y0 + 1 - py), (y0 + 1, py - y0)):
+            if 0 <= xi < w and 0 <= yi < h:
+                value += wx * wy * float(mask[yi, xi])
+    return value
+
+
+def test_point_values_against_naive_bilinear_and_point_sample():
+    """The matcher's per-mask sampling gives detectron2's point_sample values bit for bit, and
+    those are the bilinear interpolation computed by hand (points on the border included)."""
+    from detectron2.projects.point_rend.point_features import point_sample
+
+    g = torch.Generator().manual_seed(3)
+    masks = torch.randn(100, 37, 41, generator=g) * 4
+    coords = torch.rand(1, 500, 2, generator=g)
+    coords[0, :4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.5, 0.0]])
+    values = HungarianMatcher(num_points=500).point_values(masks, coords)
+    assert values.shape == (100, 500)
+    assert torch.equal(values, point_sample(masks[None], coords, align_corners=False)[0])
+    for n in (0, 57, 99):
+        expected = [naive_bilinear(masks[n].double(), x, y) for x, y in coords[0].double().tolist()]
+        # grid_sample locates the points in float32: 1e-6 pixel, times slopes of up to ~20 here.
+        torch.testing.assert_close(values[n].double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-4)
