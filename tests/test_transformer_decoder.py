@@ -13,6 +13,7 @@ from mask2former import add_maskformer2_config
 from mask2former.modeling.transformer_decoder.mask2former_transformer_decoder import (
     CrossAttentionLayer,
     MultiScaleMaskedTransformerDecoder,
+    _resize_planes,
 )
 from mask2former.modeling.transformer_decoder.mask_logits import mask_logits, mask_product
 from mask2former.modeling.transformer_decoder.maskformer_transformer_decoder import (
@@ -137,6 +138,18 @@ def test_masked_decoder_round_robin_and_attention_masks():
                     expected[n, q] = False  # a query with an empty mask attends everywhere
         expected = expected[:, None].expand(-1, decoder.num_heads, -1, -1).reshape(-1, *expected.shape[1:])
         assert torch.equal(mask, expected), f"layer {i}"
+
+
+@pytest.mark.parametrize("size", [(64, 64), (16, 16), (30, 24), (50, 70)])
+def test_resize_planes_resizes_every_plane(size):
+    """Masks (N, Q, T, H, W) resized plane by plane: the values of resizing the stack as the
+    channels of one image (the reference implementation's call), up to the last bit."""
+    g = torch.Generator().manual_seed(0)
+    masks = torch.randn(2, 30, 2, 40, 36, generator=g) * 5
+    resized = _resize_planes(masks, size)
+    assert resized.shape == (2, 30, 2) + size
+    reference = F.interpolate(masks.flatten(1, 2), size=size, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(resized, reference.view(resized.shape), rtol=2e-7, atol=1e-6)
 
 
 @pytest.mark.parametrize("pre_norm", [False, True])

@@ -24,12 +24,27 @@ from .maskformer_transformer_decoder import (
 from .position_encoding import PositionEmbeddingSine
 from .transformer import with_pos_embed, xavier_init_matrices
 
+
 __all__ = [
     "SelfAttentionLayer",
     "CrossAttentionLayer",
     "FFNLayer",
     "MultiScaleMaskedTransformerDecoder",
 ]
+
+
+def _resize_planes(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize (align_corners=False) of every (H, W) plane of x (N, ..., H, W) to `size`.
+
+    On the CPU the planes are resized as a batch of one-channel images: torch's kernel for an
+    image with many channels (the 100 queries' masks) runs 3-20x slower (measured 7.2 -> 2.3 ms
+    to 64x64 and 5.8 -> 0.26 ms to 16x16 for 2 x 100 masks of 128x128, 2 threads). The two
+    kernels round the same bilinear weights in a different order: values may differ in the last
+    bit, and an attention mask only where a resized logit is that close to 0.
+    """
+    planes = x.reshape(-1, 1, *x.shape[-2:]) if x.device.type == "cpu" else x.flatten(1, -3)
+    resized = F.interpolate(planes, size=size, mode="bilinear", align_corners=False)
+    return resized.view(x.shape[:-2] + resized.shape[-2:])
 
 
 class SelfAttentionLayer(nn.Module):
@@ -344,10 +359,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if attn_mask_target_size is not None:
             # Masks (N, Q, ..., H, W) with any dimensions between Q and H, W (the video decoder's
             # frames): all of them are resized independently.
-            resized = F.interpolate(
-                outputs_mask.detach().flatten(1, -3), size=attn_mask_target_size, mode="bilinear", align_corners=False
-            )
-            attn_mask = self._attention_mask(resized.view(outputs_mask.shape[:-2] + resized.shape[-2:]))
+            attn_mask = self._attention_mask(_resize_planes(outputs_mask.detach(), attn_mask_target_size))
         return outputs_class, outputs_mask, attn_mask
 
     @torch.no_grad()
