@@ -110,3 +110,7 @@ def test_matmul_nt_matches_mm_for_strided_feature_maps(weight_transposed):
     torch.testing.assert_close(matmul_nt(x, weight), x @ weight.t(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(matmul_nt(weight, x), weight @ x.t(), rtol=1e-5, atol=1e-5)
     assert torch.equal(matmul_nt(torch.zeros(5000, 0), torch.zeros(7, 0)), torch.zeros(5000, 7))
+    # The pixels as the inner dimension (few queries' gradient x a channels-last map).
+    grads, pixels = torch.randn(6, 5000, generator=g), torch.randn(5000, 40, generator=g)
+    expected = (grads.double() @ pixels.double()).float()
+    torch.testing.assert_close(matmul_nt(grads, pixels.t()), expected, rtol=1e-5, atol=1e-4)
