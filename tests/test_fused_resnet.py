@@ -135,3 +135,15 @@ def test_tracing_records_the_plain_forward():
         assert "aten::_convolution" in graph or "aten::conv2d" in graph
         assert "aten::batch_norm" in graph
         torch.testing.assert_close(traced(x), resnet(x)["res5"], rtol=0, atol=0)
+
+
+def test_cpu_autocast_runs_detectron2_forward_in_lower_precision():
+    """Under CPU autocast the caller asked for bfloat16 convolutions: the fused float32 path steps
+    aside and detectron2's forward runs under autocast, as for any other model."""
+    resnet = _resnet(depth=50)
+    x = _image()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = resnet_inference_features(resnet, x)
+        expected = resnet(x)
+    assert all(actual[k].dtype == torch.bfloat16 for k in expected)
+    assert all(torch.equal(actual[k], expected[k]) for k in expected)

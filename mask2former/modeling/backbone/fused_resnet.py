@@ -19,8 +19,8 @@ backbone's weights in memory (about 90 MB for R50).
 The modules are not modified: parameters, buffers and state-dict keys are detectron2's, and
 the folded weights are derived data kept outside the modules, rebuilt whenever a parameter or
 buffer is replaced or modified in place (tensor version counters). Training, autograd, other
-devices and dtypes, tracing and export (:func:`~mask2former.utils.misc.is_exporting`) and ResNets
-with other blocks or norms run detectron2's forward.
+devices and dtypes, CPU autocast, tracing and export (:func:`~mask2former.utils.misc.is_exporting`)
+and ResNets with other blocks or norms run detectron2's forward.
 """
 import weakref
 from typing import Dict, Optional
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
 
-from ...utils.misc import is_exporting
+from ..onednn_linear import onednn_applies
 
 __all__ = ["resnet_inference_features"]
 
@@ -55,13 +55,11 @@ def _supported(resnet: ResNet) -> bool:
 
 
 def _applies(resnet: ResNet, x: torch.Tensor) -> bool:
-    if resnet.training or torch.is_grad_enabled() or torch.jit.is_scripting() or is_exporting():
+    # onednn_applies: CPU float32, oneDNN present, no CPU autocast (its lower-precision
+    # convolutions are what the caller asked for), not scripting or exporting.
+    if resnet.training or torch.is_grad_enabled() or x.dim() != 4 or not onednn_applies(x):
         return False
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
-        return False
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
-        return False
-    return _supported(resnet)
+    return hasattr(torch.ops.mkldnn, "_convolution_pointwise") and _supported(resnet)
 
 
 def _folded(conv, x: torch.Tensor):
@@ -121,8 +119,8 @@ def _bottleneck(block: BottleneckBlock, x: torch.Tensor, x_is_ours: bool) -> tor
 
 def resnet_inference_features(resnet: ResNet, x: torch.Tensor) -> Dict[str, torch.Tensor]:
     """``resnet(x)``: the fused computation described in the module docstring where it applies
-    (inference without autograd on the CPU in float32, not exporting, a ResNet of BasicStem and
-    BottleneckBlocks with FrozenBatchNorm2d), detectron2's forward otherwise."""
+    (inference without autograd on the CPU in float32 without autocast, not exporting, a ResNet of
+    BasicStem and BottleneckBlocks with FrozenBatchNorm2d), detectron2's forward otherwise."""
     if not _applies(resnet, x):
         return resnet(x)
     outputs = {}
