@@ -243,6 +243,18 @@ def test_masked_decoder_images_are_independent(pre_norm):
             torch.testing.assert_close(single["pred_logits"], batched["pred_logits"][n : n + 1], atol=1e-5, rtol=1e-5)
 
 
+def _random_mask_inputs(seed, sizes, channels_last):
+    """Query embeddings (N, Q, C), pixel embeddings (N, C, H, W) (channels last if asked) and an
+    output gradient (N, Q, H, W) for sizes (N, Q, C, H, W), drawn in that order from `seed`."""
+    n, q, c, h, w = sizes
+    g = torch.Generator().manual_seed(seed)
+    embed = torch.randn(n, q, c, generator=g)
+    features = torch.randn(n, c, h, w, generator=g)
+    if channels_last:
+        features = features.contiguous(memory_format=torch.channels_last)
+    return embed, features, torch.randn(n, q, h, w, generator=g)
+
+
 def _mask_logits_and_einsum(embed, features, grad, autocast=False):
     """(logits, embedding gradient, feature gradient) of mask_logits, then of the plain einsum,
     for the same inputs and output gradient (the forward under bfloat16 autocast if asked)."""
@@ -260,12 +272,7 @@ def _mask_logits_and_einsum(embed, features, grad, autocast=False):
 def test_mask_logits_backward_equals_einsum_with_queries_without_gradient(channels_last):
     """Same values as the einsum; gradients of the einsum's backward, with whole queries (and a
     whole image) without gradient skipped, in the features' memory layout."""
-    g = torch.Generator().manual_seed(0)
-    embed = torch.randn(3, 7, 5, generator=g)
-    features = torch.randn(3, 5, 4, 6, generator=g)
-    if channels_last:
-        features = features.contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(3, 7, 4, 6, generator=g)
+    embed, features, grad = _random_mask_inputs(0, (3, 7, 5, 4, 6), channels_last)
     grad[0, [1, 2, 5]] = 0
     grad[1] = 0
     grad[2, 3, 1:] = 0  # one non-zero entry keeps a query
@@ -288,12 +295,7 @@ def test_mask_logits_backward_equals_einsum_with_queries_without_gradient(channe
 def test_mask_logits_at_feature_map_size_match_einsum(channels_last):
     """At a real feature-map size (above MIN_ROWS pixels) the products go through oneDNN on the CPU:
     values and gradients equal the einsum's to float32 rounding, in the features' layout."""
-    g = torch.Generator().manual_seed(2)
-    embed = torch.randn(2, 20, 16, generator=g)
-    features = torch.randn(2, 16, 40, 48, generator=g)
-    if channels_last:
-        features = features.contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(2, 20, 40, 48, generator=g)
+    embed, features, grad = _random_mask_inputs(2, (2, 20, 16, 40, 48), channels_last)
     grad[0, 3:] = 0
     grad[1, :17] = 0
     results = _mask_logits_and_einsum(embed, features, grad)

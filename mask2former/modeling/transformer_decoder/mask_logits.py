@@ -87,10 +87,11 @@ def _channels_last_feature_gradient(grad_rows, embed_rows, mask_features):
     """
     num_images, channels, height, width = mask_features.shape
     pixels = height * width
-    columns = torch.cumsum(torch.tensor([0] + [r.shape[0] for r in grad_rows]), 0).tolist()
-    stacked = grad_rows[0].new_zeros(num_images * pixels, columns[-1])
+    stacked = grad_rows[0].new_zeros(num_images * pixels, sum(g.shape[0] for g in grad_rows))
+    column = 0
     for i, g in enumerate(grad_rows):
-        stacked[i * pixels : (i + 1) * pixels, columns[i] : columns[i + 1]] = g.t()
+        stacked[i * pixels : (i + 1) * pixels, column : column + g.shape[0]] = g.t()
+        column += g.shape[0]
     product = matmul_nt(stacked, torch.cat(embed_rows).t())
     return product.to(mask_features.dtype).view(num_images, height, width, channels).permute(0, 3, 1, 2)
 
