@@ -170,6 +170,55 @@ def time_model_stages(timer, model):
     timer.wrap(model.sem_seg_head.predictor, "forward", "transformer_decoder")
 
 
+def _onednn_linear_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs):
+    # mkldnn._linear_pointwise(rows, weight, ...): rows (..., K) times weight (N, K) transposed.
+    rows = 1
+    for size in input_shape[:-1]:
+        rows *= size
+    return 2 * rows * input_shape[-1] * weight_shape[0]
+
+
+def count_multiply_adds(forward, backward):
+    """(forward, backward) multiply-adds, in G, of the convolutions and matrix products that
+    ``result = forward()`` and then ``backward(result)`` run: torch's FLOP counter (which counts
+    one multiply-add as two flops) plus a formula for the oneDNN linear op this project calls.
+    Element-wise work, norms, sampling and the deformable attention's own kernel are not counted."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        custom[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
+    counter = FlopCounterMode(display=False, custom_mapping=custom)
+    with counter:
+        result = forward()
+        forward_flops = counter.get_total_flops()
+        backward(result)
+    return forward_flops / 2e9, (counter.get_total_flops() - forward_flops) / 2e9
+
+
+def matrix_product_roof(size=2048, repeats=5):
+    """GMAC per second (best of `repeats`, wall time) of one size^3 float32 matrix product on the
+    current thread count: by oneDNN's linear primitive and by torch.mm (MKL on the CPU). The
+    best rate these libraries reach on this machine, the yardstick for a model's achieved rate."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    kernels = {"mm": lambda: torch.mm(a, b)}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available():
+        kernels["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    roof = {}
+    for name, kernel in kernels.items():
+        kernel()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            kernel()
+            best = min(best, time.perf_counter() - start)
+        roof[name] = size**3 / best / 1e9
+    return roof
+
+
 def report_memory_and_save(figures, device, rss_before, phase, json_path):
     """Add the peak CUDA memory (on CUDA) to `figures`, print the memory line ("RSS before
     `phase`") and write `figures` to `json_path` when one is given."""

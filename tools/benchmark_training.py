@@ -13,6 +13,11 @@ README.md: COCO panoptic R50, 2 images of 512x512 with 6 instances each, 2 threa
         --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml \\
         --size 512 --batch 2 --instances 6 --threads 2 --warmup 1 --iters 3
 
+``--count-flops`` also counts the multiply-adds of an iteration's convolutions and matrix
+products (forward and backward), the rate they make at the median time and, on the CPU, the best
+rate of one large matrix product on this machine: how far the iteration is from what the
+hardware's kernels can do.
+
 To compare two versions of the code, run it through tools/benchmark_side_by_side.py.
 """
 import argparse
@@ -22,7 +27,8 @@ import sys
 import time
 
 from benchmark_stages import StageTimer, add_common_arguments, current_rss_mib, import_code_root, parse_size
-from benchmark_stages import device_sync, peak_rss_mib, report_memory_and_save, time_model_stages, torch_device
+from benchmark_stages import count_multiply_adds, device_sync, matrix_product_roof, peak_rss_mib
+from benchmark_stages import report_memory_and_save, time_model_stages, torch_device
 
 CODE_ROOT = import_code_root(sys.argv) if __name__ == "__main__" else None
 
@@ -46,6 +52,12 @@ def get_parser():
     parser.add_argument("--instances", type=int, default=6, help="random instance masks per image")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations (the median is reported)")
+    parser.add_argument(
+        "--count-flops",
+        action="store_true",
+        help="also count the multiply-adds of an iteration (one more, untimed) and compare the rate "
+        "achieved with the best matrix-product rate of this machine (CPU)",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -173,7 +185,41 @@ def main(argv=None):
         f"seconds/iteration (median of {args.iters}): {figures['seconds_per_iter']:.3f}  [{split}]; "
         f"process CPU time {figures['cpu_seconds_per_iter']:.3f} s/iteration"
     )
+    if args.count_flops:
+        figures.update(count_iteration_flops(cfg, args, model, optimizer, figures["seconds_per_iter"], device))
     report_memory_and_save(figures, device, rss_before, "training", args.json)
+    return figures
+
+
+def count_iteration_flops(cfg, args, model, optimizer, seconds_per_iter, device):
+    """Multiply-adds of the first timed iteration's batch, forward and backward (counted in one
+    more iteration that does not step the optimizer), the rate they make at the median time and,
+    on the CPU, the best matrix-product rate of this machine at the same thread count."""
+    import torch
+
+    torch.manual_seed(1000 + args.warmup)
+    batch = synthetic_batch(cfg, args.size, args.batch, args.instances, seed=args.warmup)
+
+    def backward(losses):
+        optimizer.zero_grad()
+        losses.backward()
+
+    forward, backward = count_multiply_adds(lambda: sum(model(batch).values()), backward)
+    optimizer.zero_grad()
+    figures = {
+        "gmac_forward": forward,
+        "gmac_backward": backward,
+        "gmac_per_second": (forward + backward) / seconds_per_iter,
+    }
+    line = (
+        f"multiply-adds per iteration (convolutions and matrix products): forward {forward:.1f} G, "
+        f"backward {backward:.1f} G; {figures['gmac_per_second']:.1f} G/s at the median time"
+    )
+    if device.type == "cpu":
+        roof = matrix_product_roof()
+        figures["matrix_product_roof_gmac_per_second"] = roof
+        line += "; best 2048^3 product here: " + ", ".join(f"{name} {rate:.1f} G/s" for name, rate in roof.items())
+    print(line)
     return figures
 
 
