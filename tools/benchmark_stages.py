@@ -6,6 +6,7 @@ commit in a ``git worktree``), so that tools/benchmark_side_by_side.py can time 
 code with the same benchmark script, alternately, in one run.
 """
 import argparse
+import math
 import os
 import resource
 import sys
@@ -172,10 +173,7 @@ def time_model_stages(timer, model):
 
 def _onednn_linear_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs):
     # mkldnn._linear_pointwise(rows, weight, ...): rows (..., K) times weight (N, K) transposed.
-    rows = 1
-    for size in input_shape[:-1]:
-        rows *= size
-    return 2 * rows * input_shape[-1] * weight_shape[0]
+    return 2 * math.prod(input_shape) * weight_shape[0]
 
 
 def count_multiply_adds(forward, backward):
@@ -203,6 +201,8 @@ def matrix_product_roof(size=2048, repeats=5):
     best rate these libraries reach on this machine, the yardstick for a model's achieved rate."""
     import torch
 
+    # Plain torch calls, not the project's wrappers: the yardstick must not depend on the checkout
+    # that --code-root imports.
     a, b = torch.randn(size, size), torch.randn(size, size)
     kernels = {"mm": lambda: torch.mm(a, b)}
     if hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available():

@@ -200,20 +200,20 @@ def count_iteration_flops(cfg, args, model, optimizer, seconds_per_iter, device)
     torch.manual_seed(1000 + args.warmup)
     batch = synthetic_batch(cfg, args.size, args.batch, args.instances, seed=args.warmup)
 
-    def backward(losses):
+    def run_backward(losses):
         optimizer.zero_grad()
         losses.backward()
 
-    forward, backward = count_multiply_adds(lambda: sum(model(batch).values()), backward)
+    gmac_forward, gmac_backward = count_multiply_adds(lambda: sum(model(batch).values()), run_backward)
     optimizer.zero_grad()
     figures = {
-        "gmac_forward": forward,
-        "gmac_backward": backward,
-        "gmac_per_second": (forward + backward) / seconds_per_iter,
+        "gmac_forward": gmac_forward,
+        "gmac_backward": gmac_backward,
+        "gmac_per_second": (gmac_forward + gmac_backward) / seconds_per_iter,
     }
     line = (
-        f"multiply-adds per iteration (convolutions and matrix products): forward {forward:.1f} G, "
-        f"backward {backward:.1f} G; {figures['gmac_per_second']:.1f} G/s at the median time"
+        f"multiply-adds per iteration (convolutions and matrix products): forward {gmac_forward:.1f} G, "
+        f"backward {gmac_backward:.1f} G; {figures['gmac_per_second']:.1f} G/s at the median time"
     )
     if device.type == "cpu":
         roof = matrix_product_roof()

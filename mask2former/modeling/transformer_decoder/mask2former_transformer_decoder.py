@@ -24,7 +24,6 @@ from .maskformer_transformer_decoder import (
 from .position_encoding import PositionEmbeddingSine
 from .transformer import with_pos_embed, xavier_init_matrices
 
-
 __all__ = [
     "SelfAttentionLayer",
     "CrossAttentionLayer",
